@@ -1,0 +1,3 @@
+service {
+  meta = { team = "web" }
+}

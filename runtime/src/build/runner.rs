@@ -1,0 +1,350 @@
+//! Running the selected builds: concurrently (bounded by `--parallel-builds`), each
+//! on its own blocking thread for Rhai, each with its own cleanup stack that unwinds
+//! on failure, timeout or interrupt.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{Dynamic, Map, Scope as RhaiScope};
+
+use super::cleanup::CleanupReport;
+use super::context::{BuildRt, Cancel};
+use super::wasm_step::WasmRuntime;
+use crate::caps::{Broker, Grants};
+use crate::plan::{Plan, pair_name};
+use crate::script::runtime::Ctx;
+use crate::script::{declare, engine, resolver::KilnResolver};
+use crate::ui::Ui;
+
+/// What to do with resources when a build fails (Packer's `-on-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    #[default]
+    Cleanup,
+    Abort,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub only: Vec<String>,
+    pub except: Vec<String>,
+    /// 0 = no limit.
+    pub parallel_builds: usize,
+    pub on_error: OnError,
+    pub force: bool,
+}
+
+/// The result of one (build, source) pair.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub name: String,
+    pub artifact: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub cleaned: Vec<CleanupReport>,
+    pub kept: Vec<String>,
+    pub seconds: f64,
+}
+
+/// `*` matches any run of characters; everything else is literal.
+fn glob(pattern: &str, name: &str) -> bool {
+    fn rec(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => rec(&p[1..], n) || (!n.is_empty() && rec(p, &n[1..])),
+            (Some(a), Some(b)) if a == b => rec(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    rec(pattern.as_bytes(), name.as_bytes())
+}
+
+/// A pattern selects `build.source` if it matches it, or the build name, or the
+/// source name (Packer users write `-only=web` as often as `-only=web.qemu`).
+fn selects(pattern: &str, build: &str, source: &str) -> bool {
+    let full = format!("{build}.{source}");
+    glob(pattern, &full) || glob(pattern, build) || glob(pattern, source)
+}
+
+/// The `build.source` names `--only` / `--except` leave.
+pub fn select(plan: &Plan, opts: &RunOptions) -> Result<Vec<String>, String> {
+    let all: Vec<(String, String)> = plan
+        .pairs()
+        .iter()
+        .map(|(b, s)| (b.name.clone(), s.name.clone()))
+        .collect();
+    for p in opts.only.iter().chain(&opts.except) {
+        if !all.iter().any(|(b, s)| selects(p, b, s)) {
+            let names: Vec<String> = all.iter().map(|(b, s)| format!("{b}.{s}")).collect();
+            return Err(format!("{p:?} matches no build; builds are: {}", names.join(", ")));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(b, s)| opts.only.is_empty() || opts.only.iter().any(|p| selects(p, b, s)))
+        .filter(|(b, s)| !opts.except.iter().any(|p| selects(p, b, s)))
+        .map(|(b, s)| format!("{b}.{s}"))
+        .collect())
+}
+
+/// Runs the selected builds and returns one outcome each, in plan order.
+pub async fn run_builds(
+    plan: Arc<Plan>,
+    ui: Ui,
+    broker: Arc<Broker>,
+    opts: RunOptions,
+    cancel: Cancel,
+    selected: Vec<String>,
+) -> Vec<BuildOutcome> {
+    let limit = if opts.parallel_builds == 0 { selected.len().max(1) } else { opts.parallel_builds };
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit));
+    let wasm = Arc::new(WasmRuntime::new());
+    let mut tasks = Vec::new();
+    for (b, s) in plan.pairs() {
+        let name = pair_name(b, s);
+        if !selected.contains(&name) {
+            continue;
+        }
+        let rt = Arc::new(BuildRt::new(
+            b.clone(),
+            s.clone(),
+            plan.clone(),
+            ui.clone(),
+            broker.clone(),
+            cancel.child(),
+            opts.force,
+            wasm.clone(),
+        ));
+        let sem = sem.clone();
+        let on_error = opts.on_error;
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            run_one(rt, on_error).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(o) => out.push(o),
+            Err(e) => out.push(BuildOutcome {
+                name: "?".into(),
+                artifact: None,
+                error: Some(format!("internal error: build task failed: {e}")),
+                cleaned: vec![],
+                kept: vec![],
+                seconds: 0.0,
+            }),
+        }
+    }
+    out
+}
+
+async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
+    let started = Instant::now();
+    let label = rt.label.clone();
+    if let Some(reason) = rt.cancel.reason() {
+        return BuildOutcome {
+            name: label,
+            artifact: None,
+            error: Some(format!("not started: {reason}")),
+            cleaned: vec![],
+            kept: vec![],
+            seconds: 0.0,
+        };
+    }
+    rt.ui.say(&label, &format!("Starting build with the {} builder", rt.source.builder));
+    rt.ui.event("build-start", serde_json::json!({ "build": label }));
+    let worker = rt.clone();
+    let result = tokio::task::spawn_blocking(move || run_script(&worker))
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+    let seconds = started.elapsed().as_secs_f64();
+    let (artifact, error) = match result {
+        Ok(a) => (Some(a), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut cleaned = Vec::new();
+    let mut kept = Vec::new();
+    if let Some(e) = &error {
+        rt.ui.error(&label, &format!("Build '{label}' errored after {}: {e}", fmt_secs(seconds)));
+        if on_error == OnError::Abort {
+            kept = rt.cleanup.keep_all();
+            if !kept.is_empty() {
+                rt.ui.say(&label, "Keeping resources for debugging (--on-error=abort):");
+                for k in &kept {
+                    rt.ui.message(&label, &format!("kept: {k}"));
+                }
+            }
+        } else if !rt.cleanup.is_empty() {
+            rt.ui.say(&label, "Cleaning up...");
+            cleaned = rt.cleanup.unwind().await;
+            for r in &cleaned {
+                match &r.error {
+                    None => rt.ui.message(&label, &format!("removed: {}", r.what)),
+                    Some(e) => rt.ui.error(&label, &format!("could not remove {}: {e}", r.what)),
+                }
+            }
+        }
+    } else {
+        // Success: artifacts were released by their builders; what remains is
+        // scaffolding (sessions, temp files) that goes quietly.
+        cleaned = rt.cleanup.unwind().await;
+        for r in &cleaned {
+            if let Some(e) = &r.error {
+                rt.ui.warn(&label, &format!("could not remove {}: {e}", r.what));
+            }
+        }
+        rt.ui.say(&label, &format!("Build finished after {}", fmt_secs(seconds)));
+    }
+    rt.ui.event(
+        "build-end",
+        serde_json::json!({
+            "build": label,
+            "ok": error.is_none(),
+            "error": error,
+            "seconds": seconds,
+            "cleaned": cleaned.iter().map(|r| &r.what).collect::<Vec<_>>(),
+            "kept": kept,
+            "artifact": artifact,
+        }),
+    );
+    BuildOutcome {
+        name: label,
+        artifact,
+        error,
+        cleaned,
+        kept,
+        seconds,
+    }
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+/// The Rhai part of one build: the builder's `run(cfg, ctx)`, then each
+/// post-processor's `run(cfg, artifact, ctx)`. Runs on a blocking thread.
+fn run_script(rt: &Arc<BuildRt>) -> Result<serde_json::Value, String> {
+    let engine = build_engine(rt);
+    let library = rt.plan.library.clone();
+    let locate = |e: &rhai::EvalAltResult, file: &str| -> String {
+        if let rhai::EvalAltResult::ErrorTerminated(reason, _) = e {
+            let r = reason.to_string();
+            return if r.is_empty() { "cancelled".into() } else { r };
+        }
+        // A step failure's message already says which step and where.
+        if let Some(msg) = crate::script::error::as_step_failure(e) {
+            return msg;
+        }
+        let mut inner = e;
+        while let rhai::EvalAltResult::ErrorInFunctionCall(_, _, i, _) = inner {
+            inner = i;
+        }
+        if let rhai::EvalAltResult::ErrorTerminated(reason, _) = inner {
+            return reason.to_string();
+        }
+        library
+            .sources()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .locate(e, file)
+            .to_string()
+    };
+    let ast = library.ast(&engine, &rt.source.script).map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+    let ctx = Ctx {
+        rt: rt.clone(),
+        scope: rt.builder_scope.clone(),
+    };
+    let mut artifact: Map = engine
+        .call_fn(&mut RhaiScope::new(), &ast, "run", (Dynamic::from_map(rt.source.config.clone()), ctx))
+        .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+    for post in &rt.build.post {
+        rt.ui.say(&rt.label, &format!("Running post-processor: {}", post.name));
+        let ast = library.ast(&engine, &post.script).map_err(|e| locate(&e, &post.script.to_string()))?;
+        let scope = rt.broker.scope(&rt.label, &format!("post-processor {}", post.name), post_grants(&artifact, &post.config));
+        let ctx = Ctx { rt: rt.clone(), scope };
+        artifact = engine
+            .call_fn(
+                &mut RhaiScope::new(),
+                &ast,
+                "run",
+                (Dynamic::from_map(post.config.clone()), Dynamic::from_map(artifact), ctx),
+            )
+            .map_err(|e| format!("post-processor {}: {}", post.name, locate(&e, &post.script.to_string())))?;
+    }
+    crate::script::value::to_json(&Dynamic::from_map(artifact))
+}
+
+/// A post-processor may write where the artifact's files are and where its `output`
+/// points, nothing else.
+fn post_grants(artifact: &Map, config: &Map) -> Grants {
+    let mut dirs: Vec<String> = Vec::new();
+    let mut add = |p: &str| {
+        let d = std::path::Path::new(p)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| ".".into());
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    };
+    if let Some(files) = artifact.get("files").and_then(|f| f.clone().into_array().ok()) {
+        for f in files {
+            if let Ok(s) = f.into_string() {
+                add(&s);
+            }
+        }
+    }
+    if let Some(out) = config.get("output").filter(|v| v.is_string()) {
+        add(&out.to_string());
+    }
+    Grants::for_post_processor(&dirs)
+}
+
+/// The engine one build runs on: hardened, unlimited operations but cancellable,
+/// the library resolver, sealed declarations and the runtime API.
+fn build_engine(rt: &Arc<BuildRt>) -> rhai::Engine {
+    let mut eng = engine::hardened(engine::Limits {
+        max_operations: 0,
+        ..engine::Limits::default()
+    });
+    eng.set_module_resolver(KilnResolver::new(rt.plan.project.clone(), rt.plan.library.sources().clone()));
+    let decl = Arc::new(std::sync::Mutex::new(declare::DeclState {
+        sealed: true,
+        inputs: Default::default(),
+        vars: Default::default(),
+        secrets: Default::default(),
+        sources: Default::default(),
+        builds: Default::default(),
+        redactor: rt.ui.redactor().clone(),
+        library: rt.plan.library.clone(),
+    }));
+    declare::register(&mut eng, decl);
+    crate::script::runtime::register_runtime(&mut eng);
+    let stop = rt.clone();
+    engine::on_cancel(&mut eng, Arc::new(move || stop.stop_reason()));
+    let ui = rt.ui.clone();
+    let label = rt.label.clone();
+    eng.on_print(move |s| ui.message(&label, s));
+    eng
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_and_selection() {
+        assert!(glob("*.web", "a.web"));
+        assert!(glob("a*", "a.web"));
+        assert!(!glob("b*", "a.web"));
+        assert!(selects("web", "web", "qemu"));
+        assert!(selects("qemu", "web", "qemu"));
+        assert!(selects("web.qemu", "web", "qemu"));
+        assert!(!selects("web.x", "web", "qemu"));
+    }
+}

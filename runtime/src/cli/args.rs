@@ -1,0 +1,118 @@
+//! Command-line arguments (clap types only).
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build machine images with sandboxed build logic",
+    long_about = "kiln builds machine images (QEMU disk images, Vagrant boxes, ...) from Rhai build \
+                  scripts. Build logic runs sandboxed and reaches machines, clouds and files only \
+                  through capabilities the script grants; every use is audited.\n\n\
+                  Logs: KILN_LOG=debug (separate from the build output)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// More output (-v); repeat for more.
+    #[arg(short, long, global = true, action = ArgAction::Count, help_heading = "Global options")]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Global options")]
+    pub quiet: bool,
+    /// One JSON event per line on stdout instead of human output.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub machine_readable: bool,
+    /// Prefix every line with an RFC 3339 timestamp.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub timestamp_ui: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the builds of a build script.
+    Build(BuildArgs),
+    /// Check a build script without touching anything.
+    Validate(PlanArgs),
+    /// Show the plan: sources, builds, steps, post-processors and their grants.
+    Inspect(PlanArgs),
+    /// Write a starter build script.
+    Init {
+        /// Directory to create the project in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// WASM provisioner modules.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Print kiln's version.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModuleCommand {
+    /// Print what a component imports and exports, its digest, and the grants it needs.
+    Inspect {
+        /// The .wasm component.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// A build script, or a directory holding build.rhai.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Set a variable: --var name=value (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Read variables from a file (JSON object or `name = "value"` lines; repeatable).
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+    /// Only these builds (`build.source`, `build`, or `source`; `*` globs; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// All builds except these (same patterns as --only).
+    #[arg(long, value_delimiter = ',', conflicts_with = "only")]
+    pub except: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// How many builds run at once (0 = all).
+    #[arg(long, short = 'j', default_value_t = 0)]
+    pub parallel_builds: usize,
+    /// On failure: clean up what the build made, or keep it for debugging.
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Cleanup)]
+    pub on_error: OnErrorArg,
+    /// Overwrite existing outputs instead of refusing.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnErrorArg {
+    Cleanup,
+    Abort,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?}: the name is empty"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}

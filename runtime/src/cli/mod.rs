@@ -1,0 +1,312 @@
+//! The `kiln` command. Exit codes live here and only here: 0 success, 1 a build
+//! failed (or was interrupted), 2 a usage, script or configuration error.
+
+mod args;
+mod init;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::build::context::Cancel;
+use crate::build::{OnError, RunOptions};
+use crate::caps::{AuditLog, Broker};
+use crate::plan::{self, LoadOptions, Plan};
+use crate::ui::{Mode, Redactor, Ui, Verbosity};
+use args::{BuildArgs, Cli, Command, ModuleCommand, OnErrorArg, PlanArgs};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_BUILD_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let redactor = Redactor::default();
+    init_tracing(&redactor);
+    let mode = if cli.global.machine_readable { Mode::MachineReadable } else { Mode::Human };
+    let verbosity = if cli.global.quiet {
+        Verbosity::Quiet
+    } else if cli.global.verbose > 0 {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let ui = Ui::new(mode, verbosity, cli.global.timestamp_ui, redactor.clone());
+    let code = match cli.command {
+        Command::Build(args) => cmd_build(&ui, args),
+        Command::Validate(args) => cmd_validate(&ui, &args),
+        Command::Inspect(args) => cmd_inspect(&ui, &args),
+        Command::Init { dir } => init::run(&ui, &dir),
+        Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
+        Command::Version => {
+            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            EXIT_OK
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor.
+fn init_tracing(redactor: &Redactor) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let r = redactor.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(move || RedactingWriter {
+            redactor: r.clone(),
+            buf: Vec::new(),
+        })
+        .try_init();
+}
+
+struct RedactingWriter {
+    redactor: Redactor,
+    buf: Vec<u8>,
+}
+
+impl Write for RedactingWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactingWriter {
+    fn drop(&mut self) {
+        let text = self.redactor.redact(&String::from_utf8_lossy(&self.buf));
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+}
+
+fn load_plan(ui: &Ui, args: &PlanArgs) -> Result<Plan, u8> {
+    let opts = LoadOptions {
+        vars: args.vars.clone(),
+        var_files: args.var_files.clone(),
+    };
+    plan::load(&args.path, &opts, ui.redactor()).map_err(|e| {
+        report_error(ui, &e.to_string());
+        EXIT_USAGE
+    })
+}
+
+fn report_error(ui: &Ui, msg: &str) {
+    if ui.mode() == Mode::MachineReadable {
+        ui.event("error", serde_json::json!({ "message": msg }));
+    } else {
+        eprintln!("{}", ui.redactor().redact(&format!("Error: {msg}")));
+    }
+}
+
+fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
+    let plan = match load_plan(ui, args) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let selection = RunOptions {
+        only: args.only.clone(),
+        except: args.except.clone(),
+        ..RunOptions::default()
+    };
+    if let Err(e) = crate::build::select(&plan, &selection) {
+        report_error(ui, &e);
+        return EXIT_USAGE;
+    }
+    // Step files must exist, so a typo fails now rather than mid-build.
+    let mut problems = Vec::new();
+    for b in &plan.builds {
+        for (i, s) in b.steps.iter().enumerate() {
+            let path = match &s.kind {
+                plan::StepKind::ShellScript { path } => Some(path),
+                plan::StepKind::File { src, .. } => Some(src),
+                plan::StepKind::Wasm { path, .. } => Some(path),
+                _ => None,
+            };
+            if let Some(p) = path.filter(|p| plan.project.dir().metadata(p).is_err()) {
+                problems.push(format!("build {:?} step {}: {p:?} does not exist in the project", b.name, i + 1));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            report_error(ui, p);
+        }
+        return EXIT_USAGE;
+    }
+    ui.plain("The build script is valid.");
+    ui.event("validate", serde_json::json!({ "ok": true, "script": plan.script_name }));
+    EXIT_OK
+}
+
+fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
+    let plan = match load_plan(ui, args) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    if ui.mode() == Mode::MachineReadable {
+        ui.event("inspect", plan::inspect_json(&plan));
+        return EXIT_OK;
+    }
+    let project = plan.project.clone();
+    let wasm_info = move |path: &str| -> Option<String> {
+        let bytes = project.dir().read(path).ok()?;
+        match crate::wasm::inspect(&bytes) {
+            Ok(info) => Some(format!(
+                "imports: {}\n{}",
+                info.imports.join(", "),
+                info.allow_line()
+            )),
+            Err(e) => Some(format!("(cannot inspect: {e})")),
+        }
+    };
+    print!("{}", ui.redactor().redact(&plan::render_inspect(&plan, &wasm_info)));
+    EXIT_OK
+}
+
+fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            report_error(ui, &format!("{}: {e}", file.display()));
+            return EXIT_USAGE;
+        }
+    };
+    match crate::wasm::inspect(&bytes) {
+        Ok(info) => {
+            println!("{info}");
+            EXIT_OK
+        }
+        Err(e) => {
+            report_error(ui, &format!("{}: {e}", file.display()));
+            EXIT_USAGE
+        }
+    }
+}
+
+fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
+    let plan = match load_plan(ui, &args.plan) {
+        Ok(p) => Arc::new(p),
+        Err(c) => return c,
+    };
+    let opts = RunOptions {
+        only: args.plan.only.clone(),
+        except: args.plan.except.clone(),
+        parallel_builds: args.parallel_builds,
+        on_error: match args.on_error {
+            OnErrorArg::Cleanup => OnError::Cleanup,
+            OnErrorArg::Abort => OnError::Abort,
+        },
+        force: args.force,
+    };
+    let selected = match crate::build::select(&plan, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            report_error(ui, &e);
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(ui, &format!("cannot start the async runtime: {e}"));
+            return EXIT_BUILD_FAILED;
+        }
+    };
+    runtime.block_on(run_build(ui, plan, opts, selected))
+}
+
+async fn run_build(ui: &Ui, plan: Arc<Plan>, opts: RunOptions, selected: Vec<String>) -> u8 {
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let audit_path = plan.project.path().join(".kiln").join("runs").join(&run_id).join("audit.jsonl");
+    let audit = match AuditLog::open(&audit_path, ui.redactor().clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            report_error(ui, &format!("cannot create the audit log {}: {e}", audit_path.display()));
+            return EXIT_BUILD_FAILED;
+        }
+    };
+    let broker = Broker::new(run_id.clone(), audit);
+    let cancel = Cancel::new();
+    spawn_signal_handler(ui.clone(), cancel.clone());
+    ui.event("run-start", serde_json::json!({ "run_uuid": run_id, "builds": selected, "audit_log": audit_path }));
+    let started = std::time::Instant::now();
+    let outcomes = crate::build::run_builds(plan, ui.clone(), broker, opts, cancel.clone(), selected).await;
+
+    let secs = started.elapsed().as_secs_f64();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    let ok: Vec<_> = outcomes.iter().filter(|o| o.error.is_none()).collect();
+    ui.plain(&format!("==> Wait completed after {}", crate::build::runner::fmt_secs(secs)));
+    if !failed.is_empty() {
+        ui.plain("\n==> Some builds didn't complete successfully and had errors:");
+        for o in &failed {
+            ui.plain(&format!("--> {}: {}", o.name, o.error.as_deref().unwrap_or("")));
+        }
+    }
+    if !ok.is_empty() {
+        ui.plain("\n==> Builds finished. The artifacts of successful builds are:");
+        for o in &ok {
+            ui.plain(&format!("--> {}: {}", o.name, describe_artifact(o.artifact.as_ref())));
+        }
+    }
+    ui.plain(&format!("\nAudit log: {}", audit_path.display()));
+    ui.event(
+        "run-end",
+        serde_json::json!({ "run_uuid": run_id, "ok": failed.is_empty(), "seconds": secs, "audit_log": audit_path }),
+    );
+    if failed.is_empty() && !cancel.is_cancelled() {
+        EXIT_OK
+    } else {
+        EXIT_BUILD_FAILED
+    }
+}
+
+fn describe_artifact(a: Option<&serde_json::Value>) -> String {
+    let Some(a) = a else { return "(no artifact)".into() };
+    let files: Vec<&str> = a["files"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let id = a["id"].as_str().unwrap_or("");
+    if files.is_empty() {
+        format!("{id} (provisioned; no files produced)")
+    } else {
+        files.join(", ")
+    }
+}
+
+/// First SIGINT/SIGTERM cancels every build (which then unwinds its cleanup
+/// stack); later ones only say that cleanup is in progress, since leaving now would
+/// leak what is being removed.
+fn spawn_signal_handler(ui: Ui, cancel: Cancel) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::warn!("cannot install signal handlers");
+            return;
+        };
+        let mut first = true;
+        loop {
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            if first {
+                ui.plain(&format!("==> Interrupted by {name}: stopping builds and cleaning up..."));
+                cancel.cancel(format!("interrupted by {name}"));
+                first = false;
+            } else {
+                ui.plain("==> Cleanup in progress; kiln exits when it is done.");
+            }
+        }
+    });
+}

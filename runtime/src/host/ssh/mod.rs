@@ -1,0 +1,17 @@
+//! The SSH communicator: one `Session` type over russh through which kiln runs commands
+//! and moves files on a machine. Nothing outside this module sees russh types.
+//!
+//! Connecting waits for the machine (retrying while it boots), verifies its host key
+//! (pinned fingerprint, known_hosts, trust-on-first-use for machines kiln created, or an
+//! explicit insecure opt-out), and can hop through a bastion.
+
+mod auth;
+mod config;
+mod error;
+mod host_key;
+mod session;
+mod transfer;
+
+pub use config::{BastionConfig, ConnectOptions, DEFAULT_CIPHERS, DEFAULT_TIMEOUT, SshConfig};
+pub use error::SshError;
+pub use session::{ExecOutput, Session, Stream};

@@ -1,0 +1,629 @@
+//! The SSH session: connecting with retries, host-key checks, bastions, and running commands.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cap_std::fs::Dir;
+use russh::client::{self, Handle, Msg};
+use russh::keys::PublicKeyOrCertificate;
+use russh::{Channel, ChannelMsg, Disconnect, Sig};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::auth::{Credentials, authenticate};
+use super::config::{ConnectOptions, Endpoint, SshConfig};
+use super::error::{SshError, from_russh};
+use super::host_key::{HostKeyPolicy, Verdict, VerdictSlot, known_keys_for};
+
+/// Channel window: big enough that one channel is not throttled by round trips
+/// (russh's 2 MiB default caps a channel at ~2 MiB per RTT). The client ignores
+/// `adjust_window`, so this is the window for the whole session's life.
+const WINDOW: u32 = 16 * 1024 * 1024;
+/// russh complains above 65535; OpenSSH caps its own packets at 32 KiB anyway.
+const MAX_PACKET: u32 = 65535;
+/// One attempt (TCP + handshake + auth) never waits longer than this, so a stalled banner
+/// from a half-booted machine is retried instead of eating the whole timeout.
+const ATTEMPT_CAP: Duration = Duration::from_secs(20);
+/// Captured output per stream is bounded; the tail is kept (that is where errors are).
+pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+/// A "line" without a newline is cut here so a binary blob cannot grow memory unboundedly.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Result of a remote command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The exit status, or -1 when the command was killed by a signal.
+    pub exit_code: i32,
+    /// The signal name without "SIG" (e.g. "TERM") when killed by a signal.
+    pub signal: Option<String>,
+    /// The last `MAX_CAPTURE` bytes of stdout.
+    pub stdout: Vec<u8>,
+    /// The last `MAX_CAPTURE` bytes of stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0 && self.signal.is_none()
+    }
+}
+
+pub(crate) struct ClientHandler {
+    policy: Arc<HostKeyPolicy>,
+    verdict: VerdictSlot,
+    tofu: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            self.verdict.set(Verdict::Rejected(SshError::Handshake {
+                target: self.policy.target.clone(),
+                detail:
+                    "the server presented a host certificate; kiln verifies plain host keys only"
+                        .into(),
+            }));
+            return Ok(false);
+        };
+        match self.policy.check(key, &self.tofu) {
+            Ok(fp) => {
+                self.verdict.set(Verdict::Accepted(fp));
+                Ok(true)
+            }
+            Err(e) => {
+                self.verdict.set(Verdict::Rejected(e));
+                Ok(false)
+            }
+        }
+    }
+}
+
+struct Inner {
+    handle: Handle<ClientHandler>,
+    // Dropping the jump host's handle would cut the tunnel the session runs through.
+    bastion: Option<Handle<ClientHandler>>,
+    fingerprint: String,
+    target: String,
+}
+
+/// An authenticated SSH connection to one machine. Cheap to clone; clones share the
+/// connection, so several commands and transfers can run on it at once.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.inner.target)
+            .field("host_key", &self.inner.fingerprint)
+            .finish()
+    }
+}
+
+/// One endpoint's prepared connection state, reused across retries.
+struct Prepared {
+    ep: Endpoint,
+    creds: Credentials,
+    policy: Arc<HostKeyPolicy>,
+    tofu: Arc<Mutex<Option<String>>>,
+    config: Arc<client::Config>,
+}
+
+impl Prepared {
+    fn new(ep: Endpoint, project: &Dir, config: Arc<client::Config>) -> Result<Self, SshError> {
+        let known_hosts = match &ep.known_hosts {
+            None => None,
+            Some(path) => {
+                let text = project
+                    .read_to_string(path)
+                    .map_err(|source| SshError::LocalFile {
+                        what: "known_hosts file",
+                        path: path.clone(),
+                        source,
+                    })?;
+                Some((path.clone(), known_keys_for(&text, &ep.host, ep.port)))
+            }
+        };
+        let policy = HostKeyPolicy {
+            target: ep.target(),
+            host: ep.host.clone(),
+            port: ep.port,
+            pinned: ep.host_key.clone(),
+            known_hosts,
+            trust_on_first_use: ep.trust_on_first_use,
+            insecure: ep.insecure_ignore_host_key,
+        };
+        if !policy.is_configured() {
+            return Err(SshError::NoHostKeyVerification {
+                target: ep.target(),
+            });
+        }
+        if policy.insecure {
+            tracing::warn!(target = %ep.target(),
+                "insecure_ignore_host_key: the host key of this machine will not be verified");
+        }
+        let creds = Credentials::load(&ep, project)?;
+        Ok(Prepared {
+            ep,
+            creds,
+            policy: Arc::new(policy),
+            tofu: Arc::default(),
+            config,
+        })
+    }
+
+    /// Handshake + auth over an already connected stream.
+    async fn establish<S>(&self, stream: S) -> Result<(Handle<ClientHandler>, String), SshError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let verdict = VerdictSlot::default();
+        let handler = ClientHandler {
+            policy: self.policy.clone(),
+            verdict: verdict.clone(),
+            tofu: self.tofu.clone(),
+        };
+        let target = self.ep.target();
+        let mut handle = match client::connect_stream(self.config.clone(), stream, handler).await {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(match verdict.take() {
+                    Some(Verdict::Rejected(reason)) => reason,
+                    _ => SshError::Handshake {
+                        target,
+                        detail: e.to_string(),
+                    },
+                });
+            }
+        };
+        let fingerprint = match verdict.take() {
+            Some(Verdict::Accepted(fp)) => fp,
+            // russh only returns a handle after check_server_key accepted, so this is a bug guard.
+            _ => {
+                return Err(SshError::Handshake {
+                    target,
+                    detail: "the host key was never checked".into(),
+                });
+            }
+        };
+        authenticate(&mut handle, &self.creds, &target).await?;
+        Ok((handle, fingerprint))
+    }
+
+    async fn attempt_tcp(&self) -> Result<(Handle<ClientHandler>, String), SshError> {
+        let target = self.ep.target();
+        let stream = tokio::net::TcpStream::connect((self.ep.host.as_str(), self.ep.port))
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => SshError::ConnectionRefused {
+                    target: target.clone(),
+                },
+                _ => SshError::Unreachable {
+                    target: target.clone(),
+                    detail: e.to_string(),
+                },
+            })?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("set_nodelay failed: {e}");
+        }
+        self.establish(stream).await
+    }
+
+    async fn attempt_via(
+        &self,
+        bastion: &Handle<ClientHandler>,
+        bastion_name: &str,
+    ) -> Result<(Handle<ClientHandler>, String), SshError> {
+        if bastion.is_closed() {
+            return Err(SshError::Disconnected {
+                target: bastion_name.to_string(),
+                detail: "the bastion connection closed".into(),
+            });
+        }
+        let ch = bastion
+            .channel_open_direct_tcpip(
+                self.ep.host.clone(),
+                u32::from(self.ep.port),
+                "127.0.0.1",
+                0,
+            )
+            .await
+            .map_err(|e| SshError::Bastion {
+                bastion: bastion_name.to_string(),
+                target: format!("{}:{}", self.ep.host, self.ep.port),
+                detail: match e {
+                    russh::Error::ChannelOpenFailure(f) => format!(
+                        "{f:?} (is the target up, and does the bastion allow TCP forwarding?)"
+                    ),
+                    other => other.to_string(),
+                },
+            })?;
+        self.establish(ch.into_stream()).await
+    }
+}
+
+async fn with_retries<F, Fut>(
+    target: &str,
+    deadline: Instant,
+    started: Instant,
+    mut attempt: F,
+) -> Result<(Handle<ClientHandler>, String), SshError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(Handle<ClientHandler>, String), SshError>>,
+{
+    let mut attempts = 0u32;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let cap = remaining.min(ATTEMPT_CAP);
+        let err = match tokio::time::timeout(cap, attempt()).await {
+            Ok(Ok(ok)) => {
+                tracing::debug!(target, attempts, "ssh connected");
+                return Ok(ok);
+            }
+            Ok(Err(e)) if !e.is_retryable() => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => SshError::HandshakeTimeout {
+                target: target.to_string(),
+                after: cap,
+            },
+        };
+        tracing::debug!(target, attempts, "ssh not ready yet: {err}");
+        if Instant::now() + backoff >= deadline {
+            return Err(SshError::GaveUp {
+                target: target.to_string(),
+                waited: started.elapsed(),
+                attempts,
+                last: Box::new(err),
+            });
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn client_config(cfg: &SshConfig) -> Result<Arc<client::Config>, SshError> {
+    use russh::kex;
+    let preferred = russh::Preferred {
+        // curve25519 first: the ML-KEM hybrid costs noticeably more per connection and
+        // builds need many short connections more than post-quantum secrecy.
+        kex: Cow::Owned(vec![
+            kex::CURVE25519,
+            kex::CURVE25519_PRE_RFC_8731,
+            kex::MLKEM768X25519_SHA256,
+            kex::DH_GEX_SHA256,
+            kex::DH_G16_SHA512,
+            kex::DH_G14_SHA256,
+            kex::EXTENSION_SUPPORT_AS_CLIENT,
+            kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+        ]),
+        cipher: Cow::Owned(cfg.cipher_names()?),
+        ..russh::Preferred::DEFAULT
+    };
+    Ok(Arc::new(client::Config {
+        window_size: WINDOW,
+        maximum_packet_size: MAX_PACKET,
+        nodelay: true,
+        preferred,
+        keepalive_interval: cfg.keepalive()?,
+        ..Default::default()
+    }))
+}
+
+/// Quotes one word for a POSIX shell, with a `./` guard so a path can never read as an option.
+pub(crate) fn quote_path(path: &str) -> Result<String, SshError> {
+    if path.is_empty() || path.contains('\0') {
+        return Err(SshError::Config(format!("invalid remote path {path:?}")));
+    }
+    let p = if path.starts_with('-') {
+        Cow::Owned(format!("./{path}"))
+    } else {
+        Cow::Borrowed(path)
+    };
+    Ok(shell_escape::unix::escape(p).into_owned())
+}
+
+/// `export K='v'; ...; command`: sshd refuses most SetEnv requests, the shell never does.
+pub(crate) fn with_env(command: &str, env: &[(String, String)]) -> Result<String, SshError> {
+    let mut out = String::new();
+    for (k, v) in env {
+        let valid = !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(SshError::Config(format!(
+                "environment variable name {k:?} is not a valid shell identifier"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(SshError::Config(format!(
+                "environment variable {k} contains a NUL byte"
+            )));
+        }
+        // escape() leaves plain words unquoted; force quotes so `~` or `=` are never expanded.
+        let quoted = format!("'{}'", v.replace('\'', r"'\''"));
+        out.push_str(&format!("export {k}={quoted}; "));
+    }
+    out.push_str(command);
+    Ok(out)
+}
+
+fn signal_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT".into(),
+        Sig::ALRM => "ALRM".into(),
+        Sig::FPE => "FPE".into(),
+        Sig::HUP => "HUP".into(),
+        Sig::ILL => "ILL".into(),
+        Sig::INT => "INT".into(),
+        Sig::KILL => "KILL".into(),
+        Sig::PIPE => "PIPE".into(),
+        Sig::QUIT => "QUIT".into(),
+        Sig::SEGV => "SEGV".into(),
+        Sig::TERM => "TERM".into(),
+        Sig::USR1 => "USR1".into(),
+        Sig::Custom(s) => s.clone(),
+    }
+}
+
+/// Splits a byte stream into lines for the callback and keeps a bounded tail for the result.
+pub(crate) struct Collector {
+    stream: Stream,
+    captured: Vec<u8>,
+    partial: Vec<u8>,
+}
+
+impl Collector {
+    pub fn new(stream: Stream) -> Self {
+        Collector {
+            stream,
+            captured: Vec::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8], on_line: &mut (dyn FnMut(Stream, &str) + Send)) {
+        self.captured.extend_from_slice(data);
+        // Trim in big steps so a chatty command does not memmove 16 MiB per packet.
+        if self.captured.len() > MAX_CAPTURE + MAX_CAPTURE / 4 {
+            let cut = self.captured.len() - MAX_CAPTURE;
+            self.captured.drain(..cut);
+        }
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..pos]);
+            self.emit(on_line);
+            rest = &rest[pos + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        while self.partial.len() > MAX_LINE {
+            let tail = self.partial.split_off(MAX_LINE);
+            self.emit(on_line);
+            self.partial = tail;
+        }
+    }
+
+    fn emit(&mut self, on_line: &mut (dyn FnMut(Stream, &str) + Send)) {
+        let line = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
+        on_line(self.stream, &String::from_utf8_lossy(line));
+        self.partial.clear();
+    }
+
+    pub fn finish(mut self, on_line: &mut (dyn FnMut(Stream, &str) + Send)) -> Vec<u8> {
+        if !self.partial.is_empty() {
+            self.emit(on_line);
+        }
+        if self.captured.len() > MAX_CAPTURE {
+            let cut = self.captured.len() - MAX_CAPTURE;
+            self.captured.drain(..cut);
+        }
+        self.captured
+    }
+}
+
+/// What came back on a channel besides data.
+#[derive(Default)]
+pub(crate) struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+}
+
+impl Exit {
+    pub fn observe(&mut self, msg: &ChannelMsg) {
+        match msg {
+            ChannelMsg::ExitStatus { exit_status } => {
+                self.code = Some(i32::try_from(*exit_status).unwrap_or(i32::MAX));
+            }
+            ChannelMsg::ExitSignal { signal_name: s, .. } => self.signal = Some(signal_name(s)),
+            _ => {}
+        }
+    }
+
+    pub fn resolve(&self, target: &str) -> Result<(i32, Option<String>), SshError> {
+        match (&self.signal, self.code) {
+            (Some(s), _) => Ok((-1, Some(s.clone()))),
+            (None, Some(c)) => Ok((c, None)),
+            (None, None) => Err(SshError::Disconnected {
+                target: target.to_string(),
+                detail: "the channel closed before the command reported an exit status".into(),
+            }),
+        }
+    }
+}
+
+impl Session {
+    /// Waits for SSH within `cfg.timeout` (default 5m), retrying refused/reset connections,
+    /// stalled handshakes and auth rejections (a fresh VM may not have the key yet). A host key
+    /// mismatch or missing verification fails at once.
+    pub async fn connect(
+        cfg: &SshConfig,
+        project: &Dir,
+        opts: &ConnectOptions,
+    ) -> Result<Session, SshError> {
+        let started = Instant::now();
+        let deadline = started + cfg.timeout()?;
+        let config = client_config(cfg)?;
+        let target = Prepared::new(cfg.endpoint(opts)?, project, config.clone())?;
+        let target_name = target.ep.target();
+
+        let (handle, fingerprint, bastion) = match &cfg.bastion {
+            None => {
+                let (h, fp) =
+                    with_retries(&target_name, deadline, started, || target.attempt_tcp()).await?;
+                (h, fp, None)
+            }
+            Some(b) => {
+                let jump = Prepared::new(b.endpoint(), project, config.clone())?;
+                let jump_name = jump.ep.target();
+                let (bh, _) =
+                    with_retries(&jump_name, deadline, started, || jump.attempt_tcp()).await?;
+                let (h, fp) = with_retries(&target_name, deadline, started, || {
+                    target.attempt_via(&bh, &jump_name)
+                })
+                .await?;
+                (h, fp, Some(bh))
+            }
+        };
+        tracing::info!(target = %target_name, host_key = %fingerprint, "ssh connected");
+        Ok(Session {
+            inner: Arc::new(Inner {
+                handle,
+                bastion,
+                fingerprint,
+                target: target_name,
+            }),
+        })
+    }
+
+    /// `SHA256:...` of the host key that was accepted.
+    pub fn host_key_fingerprint(&self) -> String {
+        self.inner.fingerprint.clone()
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    pub(crate) async fn open_exec(&self, command: &str) -> Result<Channel<Msg>, SshError> {
+        let ch = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| from_russh(self.target(), "opening a channel", e))?;
+        ch.exec(true, command.as_bytes())
+            .await
+            .map_err(|e| from_russh(self.target(), "starting a command", e))?;
+        Ok(ch)
+    }
+
+    /// Runs `command` through the remote shell with `env` exported first. Output is handed to
+    /// `on_line` line by line as it arrives and also returned (the last 16 MiB per stream).
+    pub async fn exec(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        on_line: &mut (dyn FnMut(Stream, &str) + Send),
+    ) -> Result<ExecOutput, SshError> {
+        let full = with_env(command, env)?;
+        let mut ch = self.open_exec(&full).await?;
+        let mut out = Collector::new(Stream::Stdout);
+        let mut err = Collector::new(Stream::Stderr);
+        let mut exit = Exit::default();
+        // Drain until the channel closes: output can still arrive after the exit status.
+        while let Some(msg) = ch.wait().await {
+            match &msg {
+                ChannelMsg::Data { data } => out.push(data, on_line),
+                ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, on_line),
+                ChannelMsg::Close => break,
+                other => exit.observe(other),
+            }
+        }
+        let stdout = out.finish(on_line);
+        let stderr = err.finish(on_line);
+        let (exit_code, signal) = exit.resolve(self.target())?;
+        Ok(ExecOutput {
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Ends the connection (and the bastion's, if any). Errors are ignored: the goal is gone either way.
+    pub async fn close(&self) {
+        let _ = self
+            .inner
+            .handle
+            .disconnect(Disconnect::ByApplication, "kiln done", "en")
+            .await;
+        if let Some(b) = &self.inner.bastion {
+            let _ = b
+                .disconnect(Disconnect::ByApplication, "kiln done", "en")
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_prefix_quotes_everything() {
+        let cmd = with_env("echo", &[("A".into(), "it's a \"test\" $HOME".into())]).unwrap();
+        assert_eq!(cmd, r#"export A='it'\''s a "test" $HOME'; echo"#);
+        assert!(with_env("x", &[("A B".into(), "v".into())]).is_err());
+        assert!(with_env("x", &[("1A".into(), "v".into())]).is_err());
+    }
+
+    #[test]
+    fn quote_path_guards_options() {
+        assert_eq!(quote_path("-rf").unwrap(), "./-rf");
+        assert_eq!(quote_path("/tmp/a b").unwrap(), "'/tmp/a b'");
+        assert!(quote_path("").is_err());
+    }
+
+    #[test]
+    fn collector_splits_lines_across_packets() {
+        let mut lines = Vec::new();
+        let mut cb = |s: Stream, l: &str| lines.push((s, l.to_string()));
+        let mut c = Collector::new(Stream::Stdout);
+        c.push(b"one\ntw", &mut cb);
+        c.push(b"o\r\nthree", &mut cb);
+        let all = c.finish(&mut cb);
+        assert_eq!(all, b"one\ntwo\r\nthree");
+        let got: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(got, ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn collector_keeps_the_tail() {
+        let mut cb = |_: Stream, _: &str| {};
+        let mut c = Collector::new(Stream::Stderr);
+        let chunk = vec![b'x'; 1024 * 1024];
+        for _ in 0..40 {
+            c.push(&chunk, &mut cb);
+        }
+        c.push(b"END", &mut cb);
+        let all = c.finish(&mut cb);
+        assert_eq!(all.len(), MAX_CAPTURE);
+        assert!(all.ends_with(b"END"));
+    }
+}

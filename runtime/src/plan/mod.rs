@@ -1,0 +1,207 @@
+//! The plan: what a build script declares. Evaluating the script's top level only
+//! fills this in; `kiln validate` and `kiln inspect` stop here and touch nothing.
+
+mod load;
+mod render;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::caps::{Grants, Project};
+
+pub use load::{LoadError, LoadOptions, find_script, load};
+pub use render::{inspect_json, render_inspect};
+
+/// A secret declared with `secret(name)`: an opaque handle whose value the script
+/// cannot print (it is redacted everywhere) and that host code resolves when it
+/// needs it.
+#[derive(Clone)]
+pub struct SecretHandle {
+    pub name: String,
+    pub(crate) value: Arc<str>,
+}
+
+impl SecretHandle {
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for SecretHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "secret({:?})", self.name)
+    }
+}
+
+impl std::fmt::Display for SecretHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "secret({:?})", self.name)
+    }
+}
+
+/// Where a builder or post-processor's Rhai code comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScriptRef {
+    /// Part of kiln's embedded standard library, e.g. `builders/qemu`.
+    Embedded(String),
+    /// A file in the project, e.g. `builders/my_builder.rhai`.
+    Project(String),
+}
+
+impl std::fmt::Display for ScriptRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptRef::Embedded(n) => write!(f, "kiln:{n}"),
+            ScriptRef::Project(p) => f.write_str(p),
+        }
+    }
+}
+
+/// `source(name, qemu(#{...}))`.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub name: String,
+    /// The builder's type name (`qemu`, `ssh_host`, or a custom builder's file stem).
+    pub builder: String,
+    pub script: ScriptRef,
+    /// The configuration with the builder's defaults filled in.
+    pub config: rhai::Map,
+    pub grants: Grants,
+}
+
+/// The body of one provisioning step.
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    /// Inline commands, run as one script with `/bin/sh -e`.
+    Shell { inline: Vec<String> },
+    /// A project script uploaded and run.
+    ShellScript { path: String },
+    /// A file or directory tree uploaded to the machine.
+    File { src: String, dest: String },
+    /// A Rhai closure called with the machine.
+    Closure { func: rhai::FnPtr },
+    /// A WebAssembly component provisioner.
+    Wasm { path: String, config_json: String },
+}
+
+/// A value for a step's `env`: plain, or a secret resolved when the step runs.
+#[derive(Debug, Clone)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(SecretHandle),
+}
+
+/// Per-step options users know from Packer.
+#[derive(Debug, Clone, Default)]
+pub struct StepOptions {
+    pub timeout: Option<Duration>,
+    pub max_retries: u32,
+    pub pause_before: Option<Duration>,
+    pub only: Vec<String>,
+    pub except: Vec<String>,
+    pub env: Vec<(String, EnvValue)>,
+    pub expect_disconnect: bool,
+    pub valid_exit_codes: Vec<i32>,
+    /// WASM linear memory limit in bytes.
+    pub memory: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub kind: StepKind,
+    pub options: StepOptions,
+    pub grants: Grants,
+}
+
+impl StepSpec {
+    /// Short description for the UI and the audit log.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            StepKind::Shell { inline } => format!("shell ({} commands)", inline.len()),
+            StepKind::ShellScript { path } => format!("shell {path}"),
+            StepKind::File { src, dest } => format!("file {src} => {dest}"),
+            StepKind::Closure { func } => format!("closure {}", func.fn_name()),
+            StepKind::Wasm { path, .. } => format!("wasm {path}"),
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            StepKind::Shell { .. } | StepKind::ShellScript { .. } => "shell",
+            StepKind::File { .. } => "file",
+            StepKind::Closure { .. } => "closure",
+            StepKind::Wasm { .. } => "wasm",
+        }
+    }
+
+    /// Whether this step runs for `source` (Packer's `only` / `except`).
+    pub fn applies_to(&self, source: &str) -> bool {
+        (self.options.only.is_empty() || self.options.only.iter().any(|s| s == source))
+            && !self.options.except.iter().any(|s| s == source)
+    }
+}
+
+/// A post-processor: `checksum("sha256")`, `manifest("out/manifest.json")`, ...
+#[derive(Debug, Clone)]
+pub struct PostSpec {
+    pub name: String,
+    pub script: ScriptRef,
+    pub config: rhai::Map,
+}
+
+/// `build(name, #{ sources, steps, post })`.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub name: String,
+    pub sources: Vec<String>,
+    pub steps: Vec<StepSpec>,
+    pub post: Vec<PostSpec>,
+}
+
+/// A declared variable and the value it took.
+#[derive(Debug, Clone)]
+pub struct VarInfo {
+    pub value: String,
+    pub from: &'static str,
+}
+
+/// Everything a build script declared.
+pub struct Plan {
+    /// The script as the user named it (relative to the project when possible).
+    pub script_name: String,
+    pub script_sha256: String,
+    pub project: Project,
+    pub vars: BTreeMap<String, VarInfo>,
+    pub secrets: Vec<String>,
+    pub sources: Vec<SourceSpec>,
+    pub builds: Vec<BuildSpec>,
+    /// The compiled script, kept so closure steps can be called when the build runs.
+    pub ast: Arc<rhai::AST>,
+    /// Compiled builder and post-processor scripts.
+    pub library: Arc<crate::script::declare::Library>,
+}
+
+impl Plan {
+    pub fn source(&self, name: &str) -> Option<&SourceSpec> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Every (build, source) pair, in declaration order: Packer's `build.source` names.
+    pub fn pairs(&self) -> Vec<(&BuildSpec, &SourceSpec)> {
+        let mut out = Vec::new();
+        for b in &self.builds {
+            for s in &b.sources {
+                if let Some(src) = self.source(s) {
+                    out.push((b, src));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `build.source`, the name `--only`/`--except` and the UI use.
+pub fn pair_name(build: &BuildSpec, source: &SourceSpec) -> String {
+    format!("{}.{}", build.name, source.name)
+}

@@ -1,0 +1,637 @@
+//! The functions a build script calls at its top level: `var`, `secret`, `source`,
+//! `build`, the step constructors (`shell`, `file`, `wasm`, `step`), builder
+//! constructors (`qemu`, `ssh_host`, `builder`) and post-processors (`checksum`,
+//! `manifest`, ...). They only record declarations; nothing touches the outside.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Scope};
+
+use super::error::{Sources, runtime_err};
+use super::resolver::read_script;
+use super::stdlib;
+use super::value;
+use crate::caps::{Grants, Project};
+use crate::plan::{
+    BuildSpec, EnvValue, PostSpec, ScriptRef, SecretHandle, SourceSpec, StepKind, StepOptions,
+    StepSpec, VarInfo,
+};
+use crate::ui::Redactor;
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// Compiled builder and post-processor scripts, shared by declaration and execution.
+pub struct Library {
+    project: Project,
+    sources: Arc<Mutex<Sources>>,
+    cache: Mutex<HashMap<String, Arc<AST>>>,
+}
+
+impl Library {
+    pub fn new(project: Project, sources: Arc<Mutex<Sources>>) -> Self {
+        Library {
+            project,
+            sources,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn sources(&self) -> &Arc<Mutex<Sources>> {
+        &self.sources
+    }
+
+    /// Compiles (once) the script behind `r`.
+    pub fn ast(&self, engine: &Engine, r: &ScriptRef) -> Result<Arc<AST>, Box<EvalAltResult>> {
+        let key = r.to_string();
+        if let Some(ast) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(ast.clone());
+        }
+        let import_path = match r {
+            ScriptRef::Embedded(n) => format!("kiln:{n}"),
+            ScriptRef::Project(p) => p.clone(),
+        };
+        let (name, text) = read_script(&self.project, &import_path)
+            .map_err(|m| runtime_err(m, rhai::Position::NONE))?;
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&name, &text);
+        let mut ast = engine.compile(&text).map_err(|e| {
+            Box::new(EvalAltResult::ErrorInModule(
+                name.clone(),
+                Box::new(e.into()),
+                rhai::Position::NONE,
+            ))
+        })?;
+        ast.set_source(name.as_str());
+        let ast = Arc::new(ast);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, ast.clone());
+        Ok(ast)
+    }
+}
+
+/// What the script has declared so far.
+pub struct DeclState {
+    /// Set once the top level has run: declarations are not allowed while building.
+    pub sealed: bool,
+    pub inputs: BTreeMap<String, (String, &'static str)>,
+    pub vars: BTreeMap<String, VarInfo>,
+    pub secrets: Vec<String>,
+    pub sources: Vec<SourceSpec>,
+    pub builds: Vec<BuildSpec>,
+    pub redactor: Redactor,
+    pub library: Arc<Library>,
+}
+
+pub type Decl = Arc<Mutex<DeclState>>;
+
+/// A builder with its configuration, before `source()` names it.
+#[derive(Debug, Clone)]
+pub struct SourceDraft {
+    pub builder: String,
+    pub script: ScriptRef,
+    pub config: Map,
+}
+
+fn lock(decl: &Decl) -> std::sync::MutexGuard<'_, DeclState> {
+    decl.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn err_at<T>(ctx: &NativeCallContext, msg: impl Into<String>) -> RhaiResult<T> {
+    Err(runtime_err(msg, ctx.call_position()))
+}
+
+fn check_open(ctx: &NativeCallContext, decl: &Decl, what: &str) -> RhaiResult<()> {
+    if lock(decl).sealed {
+        return err_at(
+            ctx,
+            format!("{what}() declares the plan and may only be called at the top level of the build script"),
+        );
+    }
+    Ok(())
+}
+
+/// Registers every declaration function on `engine`.
+pub fn register(engine: &mut Engine, decl: Decl) {
+    engine.register_type_with_name::<SecretHandle>("Secret");
+    engine.register_fn("to_string", |s: &mut SecretHandle| s.to_string());
+    engine.register_fn("to_debug", |s: &mut SecretHandle| s.to_string());
+    engine.register_type_with_name::<StepSpec>("Step");
+    engine.register_fn("to_string", |s: &mut StepSpec| s.describe());
+    engine.register_type_with_name::<PostSpec>("PostProcessor");
+    engine.register_fn("to_string", |s: &mut PostSpec| format!("post-processor {}", s.name));
+    engine.register_type_with_name::<SourceDraft>("Source");
+    engine.register_fn("to_string", |s: &mut SourceDraft| format!("{} source", s.builder));
+
+    register_vars(engine, decl.clone());
+    register_sources(engine, decl.clone());
+    register_steps(engine);
+    register_post(engine, decl.clone());
+
+    let d = decl;
+    engine.register_fn("build", move |ctx: NativeCallContext, name: &str, cfg: Map| {
+        declare_build(&ctx, &d, name, cfg)
+    });
+}
+
+fn register_vars(engine: &mut Engine, decl: Decl) {
+    // `var` is a reserved word in Rhai. Registering it as custom syntax un-reserves
+    // it; the raw form below then accepts both `var(name)` and `var(name, default)`.
+    if let Err(e) = engine.register_custom_syntax(["var", "(", "$expr$", ")"], false, |_, _| Ok(Dynamic::UNIT)) {
+        tracing::error!("cannot register var(): {e}");
+    }
+    let d = decl.clone();
+    engine.register_custom_syntax_with_state_raw(
+        "var",
+        |symbols, look_ahead, _| {
+            Ok(match symbols.len() {
+                1 => Some("(".into()),
+                2 => Some("$expr$".into()),
+                3 if look_ahead == "," => Some(",".into()),
+                3 => Some(")".into()),
+                4 if symbols[3].as_str() == "," => Some("$expr$".into()),
+                5 => Some(")".into()),
+                _ => None,
+            })
+        },
+        false,
+        move |ctx, inputs, _| {
+            let pos = inputs[0].position();
+            let name = ctx.eval_expression_tree(&inputs[0])?;
+            let name = name
+                .into_string()
+                .map_err(|t| runtime_err(format!("var(name, default): the name must be a string, not {t}"), pos))?;
+            let default = match inputs.get(1) {
+                Some(e) => Some(ctx.eval_expression_tree(e)?),
+                None => None,
+            };
+            var(pos, &d, &name, default)
+        },
+    );
+    let d = decl;
+    engine.register_fn("secret", move |ctx: NativeCallContext, name: &str| -> RhaiResult<SecretHandle> {
+        check_open(&ctx, &d, "secret")?;
+        let value = std::env::var(name).map_err(|_| {
+            runtime_err(
+                format!("secret {name:?} is not set: export {name}=... in the environment that runs kiln"),
+                ctx.call_position(),
+            )
+        })?;
+        let mut st = lock(&d);
+        st.redactor.add(name, &value);
+        if !st.secrets.iter().any(|s| s == name) {
+            st.secrets.push(name.to_string());
+        }
+        Ok(SecretHandle {
+            name: name.to_string(),
+            value: value.into(),
+        })
+    });
+}
+
+/// `var(name, default)`: the value from `--var`/`--var-file` converted to the
+/// default's type, else the default. `var(name)` requires a value.
+fn var(pos: rhai::Position, decl: &Decl, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
+    if lock(decl).sealed {
+        return Err(runtime_err("var() may only be called at the top level of the build script", pos));
+    }
+    let mut st = lock(decl);
+    let given = st.inputs.get(name).cloned();
+    let (value, from) = match (given, default) {
+        (Some((text, from)), default) => {
+            let v = match default {
+                Some(d) if d.is_int() => Dynamic::from(text.trim().parse::<i64>().map_err(|_| {
+                    runtime_err(format!("variable {name}: {text:?} is not an integer"), pos)
+                })?),
+                Some(d) if d.is_bool() => Dynamic::from(match text.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(runtime_err(format!("variable {name}: {text:?} is not true or false"), pos)),
+                }),
+                Some(d) if d.is_float() => Dynamic::from(text.trim().parse::<f64>().map_err(|_| {
+                    runtime_err(format!("variable {name}: {text:?} is not a number"), pos)
+                })?),
+                _ => Dynamic::from(text),
+            };
+            (v, from)
+        }
+        (None, Some(d)) => (d, "default"),
+        (None, None) => {
+            return Err(runtime_err(
+                format!("variable {name:?} has no default and was not set: pass --var {name}=VALUE"),
+                pos,
+            ));
+        }
+    };
+    st.vars.insert(
+        name.to_string(),
+        VarInfo {
+            value: value::render(&value),
+            from,
+        },
+    );
+    Ok(value)
+}
+
+fn register_sources(engine: &mut Engine, decl: Decl) {
+    for builder in stdlib::builders() {
+        let d = decl.clone();
+        engine.register_fn(builder, move |ctx: NativeCallContext, cfg: Map| -> RhaiResult<SourceDraft> {
+            draft(&ctx, &d, builder, ScriptRef::Embedded(format!("builders/{builder}")), cfg)
+        });
+    }
+    let d = decl.clone();
+    engine.register_fn(
+        "builder",
+        move |ctx: NativeCallContext, path: &str, cfg: Map| -> RhaiResult<SourceDraft> {
+            let name = std::path::Path::new(path)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.to_string());
+            draft(&ctx, &d, &name, ScriptRef::Project(path.to_string()), cfg)
+        },
+    );
+    let d = decl.clone();
+    engine.register_fn("source", move |ctx: NativeCallContext, name: &str, s: SourceDraft| {
+        declare_source(&ctx, &d, name, s, Map::new())
+    });
+    let d = decl;
+    engine.register_fn(
+        "source",
+        move |ctx: NativeCallContext, name: &str, s: SourceDraft, opts: Map| {
+            declare_source(&ctx, &d, name, s, opts)
+        },
+    );
+}
+
+/// Validates `cfg` against the component's `options()` (key -> default) and
+/// `required()`, and fills in defaults.
+fn validate_config(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    what: &str,
+    script: &ScriptRef,
+    cfg: Map,
+) -> RhaiResult<Map> {
+    let library = lock(decl).library.clone();
+    let ast = library.ast(ctx.engine(), script)?;
+    let defaults: Map = ctx
+        .engine()
+        .call_fn(&mut Scope::new(), &ast, "options", ())
+        .map_err(|e| runtime_err(format!("{script}: options() failed: {e}"), ctx.call_position()))?;
+    let allowed: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
+    value::check_keys(&cfg, &allowed, &format!("{what} config"))
+        .map_err(|m| runtime_err(m, ctx.call_position()))?;
+    let has_required = ast.iter_functions().any(|f| f.name == "required");
+    let required: Array = if has_required {
+        ctx.engine()
+            .call_fn(&mut Scope::new(), &ast, "required", ())
+            .map_err(|e| runtime_err(format!("{script}: required() failed: {e}"), ctx.call_position()))?
+    } else {
+        Array::new()
+    };
+    for (k, v) in &cfg {
+        validate_nested(k, v).map_err(|m| runtime_err(format!("{what} config: {m}"), ctx.call_position()))?;
+    }
+    let mut merged = defaults.clone();
+    for (k, v) in cfg {
+        merged.insert(k, v);
+    }
+    for r in required {
+        let key = r.into_string().unwrap_or_default();
+        if merged.get(key.as_str()).is_none_or(|v| v.is_unit()) {
+            return err_at(ctx, format!("{what} config: `{key}` is required"));
+        }
+    }
+    Ok(merged)
+}
+
+/// Nested maps with a fixed schema are checked here too, so a typo in `ssh` fails at
+/// validate time rather than minutes into a build.
+fn validate_nested(key: &str, v: &Dynamic) -> Result<(), String> {
+    if key == "ssh" && !v.is_unit() {
+        value::ssh_config(v).map(|_| ())?;
+    }
+    Ok(())
+}
+
+fn draft(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    builder: &str,
+    script: ScriptRef,
+    cfg: Map,
+) -> RhaiResult<SourceDraft> {
+    let config = validate_config(ctx, decl, builder, &script, cfg)?;
+    Ok(SourceDraft {
+        builder: builder.to_string(),
+        script,
+        config,
+    })
+}
+
+fn declare_source(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    name: &str,
+    s: SourceDraft,
+    opts: Map,
+) -> RhaiResult<()> {
+    check_open(ctx, decl, "source")?;
+    valid_name(ctx, name, "source")?;
+    value::check_keys(&opts, &["allow"], "source options").map_err(|m| runtime_err(m, ctx.call_position()))?;
+    let output = s
+        .config
+        .get("output_directory")
+        .filter(|v| v.is_string())
+        .map(|v| v.to_string());
+    let mut grants = Grants::for_builder(&s.builder, output.as_deref());
+    if let Some(allow) = opts.get("allow") {
+        let allow = allow
+            .clone()
+            .try_cast::<Map>()
+            .ok_or_else(|| runtime_err("allow must be a map like #{ read: [\"files\"] }", ctx.call_position()))?;
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
+    }
+    let mut st = lock(decl);
+    if st.sources.iter().any(|x| x.name == name) {
+        return err_at(ctx, format!("source {name:?} is declared twice"));
+    }
+    st.sources.push(SourceSpec {
+        name: name.to_string(),
+        builder: s.builder,
+        script: s.script,
+        config: s.config,
+        grants,
+    });
+    Ok(())
+}
+
+fn valid_name(ctx: &NativeCallContext, name: &str, what: &str) -> RhaiResult<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return err_at(
+            ctx,
+            format!("{what} name {name:?} must be letters, digits, '-' or '_'"),
+        );
+    }
+    Ok(())
+}
+
+const BUILD_KEYS: &[&str] = &["sources", "steps", "post", "description"];
+
+fn declare_build(ctx: &NativeCallContext, decl: &Decl, name: &str, cfg: Map) -> RhaiResult<()> {
+    check_open(ctx, decl, "build")?;
+    valid_name(ctx, name, "build")?;
+    let fail = |m: String| runtime_err(format!("build {name:?}: {m}"), ctx.call_position());
+    value::check_keys(&cfg, BUILD_KEYS, "build").map_err(fail)?;
+    let sources = match cfg.get("sources") {
+        Some(v) => value::string_list(v, "sources").map_err(fail)?,
+        None => return Err(fail("`sources` is required (the names given to source())".into())),
+    };
+    if sources.is_empty() {
+        return Err(fail("`sources` must name at least one source".into()));
+    }
+    let mut steps = Vec::new();
+    if let Some(v) = cfg.get("steps") {
+        let arr = v
+            .clone()
+            .into_array()
+            .map_err(|t| fail(format!("steps must be an array, not {t}")))?;
+        for (i, item) in arr.into_iter().enumerate() {
+            steps.push(as_step(item).map_err(|m| fail(format!("steps[{i}]: {m}")))?);
+        }
+    }
+    let mut post = Vec::new();
+    if let Some(v) = cfg.get("post") {
+        let arr = v
+            .clone()
+            .into_array()
+            .map_err(|t| fail(format!("post must be an array, not {t}")))?;
+        for (i, item) in arr.into_iter().enumerate() {
+            let p = item.try_cast::<PostSpec>().ok_or_else(|| {
+                fail(format!(
+                    "post[{i}] is not a post-processor (use checksum(), manifest(), ...)"
+                ))
+            })?;
+            post.push(p);
+        }
+    }
+    let mut st = lock(decl);
+    if st.builds.iter().any(|b| b.name == name) {
+        return Err(fail("declared twice".into()));
+    }
+    st.builds.push(BuildSpec {
+        name: name.to_string(),
+        sources,
+        steps,
+        post,
+    });
+    Ok(())
+}
+
+/// A step value: a step constructor's result, or a bare closure.
+fn as_step(item: Dynamic) -> Result<StepSpec, String> {
+    if item.is::<FnPtr>() {
+        let func = item.cast::<FnPtr>();
+        return Ok(StepSpec {
+            kind: StepKind::Closure { func },
+            options: StepOptions::default(),
+            grants: Grants::provisioner_default(),
+        });
+    }
+    let type_name = item.type_name();
+    item.try_cast::<StepSpec>().ok_or_else(|| {
+        format!("{type_name} is not a step (use shell(), file(), wasm(), step() or a closure |m| {{ ... }})")
+    })
+}
+
+const STEP_KEYS: &[&str] = &[
+    "timeout",
+    "max_retries",
+    "pause_before",
+    "only",
+    "except",
+    "env",
+    "expect_disconnect",
+    "valid_exit_codes",
+    "allow",
+];
+
+/// Parses a step's options map; `extra` lists kind-specific keys.
+fn step_options(opts: &Map, extra: &[&str], mut grants: Grants) -> Result<(StepOptions, Grants), String> {
+    let mut allowed = STEP_KEYS.to_vec();
+    allowed.extend_from_slice(extra);
+    value::check_keys(opts, &allowed, "step options")?;
+    let mut o = StepOptions {
+        valid_exit_codes: vec![0],
+        ..StepOptions::default()
+    };
+    for (k, v) in opts {
+        match k.as_str() {
+            "timeout" => o.timeout = Some(value::duration(v, "timeout")?),
+            "pause_before" => o.pause_before = Some(value::duration(v, "pause_before")?),
+            "max_retries" => {
+                let n = value::int(v, "max_retries")?;
+                o.max_retries = u32::try_from(n).map_err(|_| "max_retries must be 0 or more".to_string())?;
+            }
+            "only" => o.only = value::string_list(v, "only")?,
+            "except" => o.except = value::string_list(v, "except")?,
+            "expect_disconnect" => o.expect_disconnect = value::bool(v, "expect_disconnect")?,
+            "valid_exit_codes" => {
+                let arr = v
+                    .clone()
+                    .into_array()
+                    .map_err(|_| "valid_exit_codes must be an array of integers".to_string())?;
+                o.valid_exit_codes = arr
+                    .iter()
+                    .map(|x| value::int(x, "valid_exit_codes").map(|n| n as i32))
+                    .collect::<Result<_, _>>()?;
+            }
+            "env" => {
+                let map = v
+                    .clone()
+                    .try_cast::<Map>()
+                    .ok_or_else(|| "env must be a map like #{ NAME: \"value\" }".to_string())?;
+                for (name, val) in map {
+                    let ev = if let Some(s) = val.clone().try_cast::<SecretHandle>() {
+                        EnvValue::Secret(s)
+                    } else if val.is_string() || val.is_int() || val.is_bool() || val.is_float() {
+                        EnvValue::Plain(val.to_string())
+                    } else {
+                        return Err(format!("env.{name} must be a string, number, bool or secret()"));
+                    };
+                    o.env.push((name.to_string(), ev));
+                }
+            }
+            "memory" => o.memory = Some(value::size_bytes(v, "memory")?),
+            "allow" => {
+                let allow = v
+                    .clone()
+                    .try_cast::<Map>()
+                    .ok_or_else(|| "allow must be a map like #{ read: [\"files\"] }".to_string())?;
+                grants.apply_allow(&allow).map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+    }
+    Ok((o, grants))
+}
+
+fn make_step(ctx: &NativeCallContext, kind: StepKind, opts: Option<Map>, extra: &[&str], grants: Grants) -> RhaiResult<StepSpec> {
+    let (options, grants) = step_options(&opts.unwrap_or_default(), extra, grants)
+        .map_err(|m| runtime_err(m, ctx.call_position()))?;
+    Ok(StepSpec { kind, options, grants })
+}
+
+fn shell_kind(ctx: &NativeCallContext, v: Dynamic) -> RhaiResult<StepKind> {
+    if v.is_string() {
+        return Ok(StepKind::ShellScript {
+            path: v.into_string().unwrap_or_default(),
+        });
+    }
+    let inline = value::string_list(&v, "shell commands").map_err(|m| runtime_err(m, ctx.call_position()))?;
+    if inline.is_empty() {
+        return err_at(ctx, "shell([...]) needs at least one command");
+    }
+    Ok(StepKind::Shell { inline })
+}
+
+fn register_steps(engine: &mut Engine) {
+    engine.register_fn("shell", |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<StepSpec> {
+        let kind = shell_kind(&ctx, v)?;
+        make_step(&ctx, kind, None, &[], Grants::provisioner_default())
+    });
+    engine.register_fn("shell", |ctx: NativeCallContext, v: Dynamic, opts: Map| -> RhaiResult<StepSpec> {
+        let kind = shell_kind(&ctx, v)?;
+        make_step(&ctx, kind, Some(opts), &[], Grants::provisioner_default())
+    });
+    let file = |ctx: &NativeCallContext, src: &str, dest: &str, opts: Option<Map>| {
+        if src.is_empty() || dest.is_empty() {
+            return err_at(ctx, "file(src, dest): both paths are required");
+        }
+        let kind = StepKind::File {
+            src: src.to_string(),
+            dest: dest.to_string(),
+        };
+        make_step(ctx, kind, opts, &[], Grants::provisioner_default())
+    };
+    engine.register_fn("file", move |ctx: NativeCallContext, src: &str, dest: &str| file(&ctx, src, dest, None));
+    engine.register_fn("file", move |ctx: NativeCallContext, src: &str, dest: &str, opts: Map| {
+        file(&ctx, src, dest, Some(opts))
+    });
+    let wasm = |ctx: &NativeCallContext, path: &str, config: Map, opts: Option<Map>| {
+        let json = value::to_json(&Dynamic::from_map(config)).map_err(|m| runtime_err(m, ctx.call_position()))?;
+        let kind = StepKind::Wasm {
+            path: path.to_string(),
+            config_json: json.to_string(),
+        };
+        make_step(ctx, kind, opts, &["memory"], Grants::wasm_default())
+    };
+    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str| wasm(&ctx, path, Map::new(), None));
+    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str, config: Map| wasm(&ctx, path, config, None));
+    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str, config: Map, opts: Map| {
+        wasm(&ctx, path, config, Some(opts))
+    });
+    engine.register_fn("step", |ctx: NativeCallContext, func: FnPtr, opts: Map| -> RhaiResult<StepSpec> {
+        make_step(&ctx, StepKind::Closure { func }, Some(opts), &[], Grants::provisioner_default())
+    });
+}
+
+fn register_post(engine: &mut Engine, decl: Decl) {
+    for name in stdlib::post_processors() {
+        let d = decl.clone();
+        engine.register_fn(name, move |ctx: NativeCallContext| -> RhaiResult<PostSpec> {
+            post(&ctx, &d, name, ScriptRef::Embedded(format!("post/{name}")), Map::new())
+        });
+        let d = decl.clone();
+        engine.register_fn(name, move |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<PostSpec> {
+            let cfg = shorthand(name, v).map_err(|m| runtime_err(m, ctx.call_position()))?;
+            post(&ctx, &d, name, ScriptRef::Embedded(format!("post/{name}")), cfg)
+        });
+    }
+    let d = decl;
+    engine.register_fn(
+        "post_processor",
+        move |ctx: NativeCallContext, path: &str, cfg: Map| -> RhaiResult<PostSpec> {
+            let name = std::path::Path::new(path)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.to_string());
+            post(&ctx, &d, &name, ScriptRef::Project(path.to_string()), cfg)
+        },
+    );
+}
+
+/// `checksum("sha256")`, `manifest("out/manifest.json")`, `compress("out/x.tar.gz")`:
+/// a single non-map argument is the post-processor's main option.
+fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
+    if v.is_map() {
+        return Ok(v.cast::<Map>());
+    }
+    let key = match name {
+        "checksum" => "types",
+        _ => "output",
+    };
+    let mut m = Map::new();
+    m.insert(key.into(), v);
+    Ok(m)
+}
+
+fn post(ctx: &NativeCallContext, decl: &Decl, name: &str, script: ScriptRef, cfg: Map) -> RhaiResult<PostSpec> {
+    let config = validate_config(ctx, decl, name, &script, cfg)?;
+    Ok(PostSpec {
+        name: name.to_string(),
+        script,
+        config,
+    })
+}

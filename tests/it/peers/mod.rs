@@ -1,0 +1,2 @@
+//! Real peers the tests start and stop themselves.
+pub mod sshd;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what kiln's build, tests and examples need on a fresh Debian 12 machine of
+# this kind. Idempotent: installs only what is missing.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+log "OpenSSH server and client (test peer, examples)"
+"$root/tools/peers/sshd.sh" install
+
+if [ "${KILN_SKIP_QEMU:-0}" != 1 ]; then
+  log "QEMU, qemu-img, debootstrap (qemu builder)"
+  "$root/tools/qemu-setup.sh"
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  log "rustup target add wasm32-wasip2 (WASM provisioners)"
+  rustup target add wasm32-wasip2
+fi
+log "done"
