@@ -16,7 +16,7 @@ log() { printf '[qemu-setup] %s\n' "$*" >&2; }
 
 WITH_VAGRANT=${WITH_VAGRANT:-1}
 PLAIN=(qemu-utils openssh-client debootstrap extlinux syslinux-common fdisk e2fsprogs
-       util-linux mtools dosfstools ca-certificates)
+       util-linux ca-certificates)
 [ "$WITH_VAGRANT" = 1 ] && PLAIN+=(vagrant)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }

@@ -6,4 +6,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tools/setup.sh
 tools/build-guests.sh
+tools/base-image.sh
 cargo test --release --workspace

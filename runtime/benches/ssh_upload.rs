@@ -31,7 +31,7 @@ fn source_file(mib: u64) -> PathBuf {
     std::fs::create_dir_all(dir).expect("create /var/tmp/kiln-bench");
     let path = dir.join(format!("upload-{mib}MiB.bin"));
     let want = mib * 1024 * 1024;
-    if std::fs::metadata(&path).map(|m| m.len()) != Ok(want) {
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(want) {
         eprintln!(
             "creating {} ({mib} MiB of random data, once)",
             path.display()

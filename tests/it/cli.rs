@@ -17,18 +17,19 @@ pub struct Project {
 impl Project {
     pub fn new() -> Project {
         Project {
-            dir: tempfile::Builder::new().prefix("kiln-proj-").tempdir().unwrap(),
-            remote: tempfile::Builder::new().prefix("kiln-remote-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("kiln-proj-")
+                .tempdir()
+                .unwrap(),
+            remote: tempfile::Builder::new()
+                .prefix("kiln-remote-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// Remote path (a string for scripts) under the machine's temp dir.
-    pub fn r(&self, rel: &str) -> String {
-        self.remote.path().join(rel).display().to_string()
     }
 
     pub fn write(&self, rel: &str, text: &str) -> PathBuf {
@@ -51,7 +52,10 @@ impl Project {
 
 pub fn kiln_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args).current_dir(dir).env("NO_COLOR", "1").env_remove("KILN_LOG");
+    c.args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("KILN_LOG");
     c
 }
 
@@ -71,7 +75,10 @@ fn shell_file_and_closure_steps_land_on_the_machine() {
     p.write("files/app.conf", "listen = 8080\n");
     p.write("files/tree/a.txt", "A");
     p.write("files/tree/sub/b.txt", "B");
-    p.write("scripts/setup.sh", "#!/bin/sh\necho \"from script $GREETING\" > \"$OUT\"\n");
+    p.write(
+        "scripts/setup.sh",
+        "#!/bin/sh\necho \"from script $GREETING\" > \"$OUT\"\n",
+    );
     let script = r#"
 source("box", ssh_host(#{ host: "127.0.0.1", ssh: {SSH} }));
 build("web", #{
@@ -97,7 +104,10 @@ build("web", #{
     p.script(&sshd, &script);
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let read = |rel: &str| std::fs::read_to_string(p.remote.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}\n{}", text(&out)));
+    let read = |rel: &str| {
+        std::fs::read_to_string(p.remote.path().join(rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", text(&out)))
+    };
     assert_eq!(read("hello"), "hello\nline2\n");
     assert_eq!(read("script.out"), "from script hi there\n");
     assert_eq!(read("etc/app.conf"), "listen = 8080\n");
@@ -105,9 +115,16 @@ build("web", #{
     assert_eq!(read("tree/sub/b.txt"), "B");
     assert_eq!(read("closure.txt"), "hello\nline2\n");
     assert_eq!(read("code.txt"), "3");
-    assert!(read("facts.txt").contains("x86_64"), "{}", read("facts.txt"));
+    assert!(
+        read("facts.txt").contains("x86_64"),
+        "{}",
+        read("facts.txt")
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("==> web.box: Uploading files/app.conf => "), "{stdout}");
+    assert!(
+        stdout.contains("==> web.box: Uploading files/app.conf => "),
+        "{stdout}"
+    );
     // The audit log records every capability use.
     let audit = find_audit(p.path());
     assert!(audit.contains("\"capability\":\"machine\""), "{audit}");
@@ -118,7 +135,9 @@ fn find_audit(project: &Path) -> String {
     let runs = project.join(".kiln/runs");
     let mut out = String::new();
     for e in std::fs::read_dir(&runs).unwrap_or_else(|e| panic!("{}: {e}", runs.display())) {
-        out.push_str(&std::fs::read_to_string(e.unwrap().path().join("audit.jsonl")).unwrap_or_default());
+        out.push_str(
+            &std::fs::read_to_string(e.unwrap().path().join("audit.jsonl")).unwrap_or_default(),
+        );
     }
     out
 }
@@ -165,7 +184,10 @@ build("web", #{ sources: ["box"], steps: [
 #[test]
 fn a_syntax_error_reports_file_line_and_column() {
     let p = Project::new();
-    p.write("build.rhai", "let x = 1;\nsource(\"a\", ssh_host(#{ host: \"h\" ssh: #{} }));\n");
+    p.write(
+        "build.rhai",
+        "let x = 1;\nsource(\"a\", ssh_host(#{ host: \"h\" ssh: #{} }));\n",
+    );
     let out = p.kiln(&["validate", "."]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -203,7 +225,10 @@ fn a_wrong_host_key_is_refused() {
     let sshd = Sshd::start();
     let p = Project::new();
     let ssh = sshd.ssh_config_rhai_in(p.path());
-    let wrong = ssh.replace(&sshd.host_key_fingerprint, "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let wrong = ssh.replace(
+        &sshd.host_key_fingerprint,
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
     p.write(
         "build.rhai",
         &format!(
@@ -215,7 +240,10 @@ build("web", #{{ sources: ["box"], steps: [ shell(["touch {}/should-not-exist"])
     let started = Instant::now();
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_secs(30), "host key mismatch must fail fast");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "host key mismatch must fail fast"
+    );
     let all = text(&out).to_lowercase();
     assert!(all.contains("host key"), "{all}");
     assert!(!p.remote.path().join("should-not-exist").exists());
@@ -241,7 +269,10 @@ build("web", #{ sources: ["box"], steps: [
     assert!(all.contains("Cleaning up"), "{all}");
     assert!(all.contains("removed: SSH session"), "{all}");
     assert!(p.remote.path().join("before").exists());
-    assert!(!p.remote.path().join("after").exists(), "steps after a failure must not run");
+    assert!(
+        !p.remote.path().join("after").exists(),
+        "steps after a failure must not run"
+    );
 }
 
 #[test]
@@ -261,14 +292,22 @@ build("slow", #{ sources: ["box"], steps: [
     p.script(&sshd, &script);
     let out = p.kiln(&["build", "--only", "retry", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("retrying (attempt 2 of 2)"), "{}", text(&out));
+    assert!(
+        text(&out).contains("retrying (attempt 2 of 2)"),
+        "{}",
+        text(&out)
+    );
     assert!(p.remote.path().join("ok").exists());
 
     let started = Instant::now();
     let out = p.kiln(&["build", "--only", "slow", "."]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("timed out after 1s"), "{}", text(&out));
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -304,20 +343,34 @@ build("b", #{ sources: ["box"], steps: [
     // Both at once: their sleeps overlap.
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let t = |f: &str| -> f64 { std::fs::read_to_string(p.remote.path().join(f)).unwrap().trim().parse().unwrap() };
-    assert!(t("a.start") < t("b.end") && t("b.start") < t("a.end"), "builds did not overlap");
+    let t = |f: &str| -> f64 {
+        std::fs::read_to_string(p.remote.path().join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        t("a.start") < t("b.end") && t("b.start") < t("a.end"),
+        "builds did not overlap"
+    );
 
     // --parallel-builds 1 serializes them.
     let out = p.kiln(&["build", "--parallel-builds", "1", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(t("a.end") <= t("b.start") || t("b.end") <= t("a.start"), "builds overlapped with -j1");
+    assert!(
+        t("a.end") <= t("b.start") || t("b.end") <= t("a.start"),
+        "builds overlapped with -j1"
+    );
 }
 
 #[test]
 fn manifest_and_checksum_post_processors() {
     let sshd = Sshd::start();
     let p = Project::new();
-    p.write("builders/fetcher.rhai", r#"
+    p.write(
+        "builders/fetcher.rhai",
+        r#"
 fn options() { #{ host: (), ssh: (), output_directory: "output" } }
 fn run(cfg, ctx) {
     let ssh = cfg.ssh; ssh.host = cfg.host;
@@ -327,7 +380,10 @@ fn run(cfg, ctx) {
     m.download("REMOTE/motd", out);
     ctx.artifact(#{ id: "motd", files: [out] })
 }
-"#.replace("REMOTE", p.remote.path().to_str().unwrap()).as_str());
+"#
+        .replace("REMOTE", p.remote.path().to_str().unwrap())
+        .as_str(),
+    );
     let script = r#"
 source("box", builder("builders/fetcher.rhai", #{ host: "127.0.0.1", ssh: {SSH} }));
 build("web", #{ sources: ["box"],
@@ -341,10 +397,18 @@ build("web", #{ sources: ["box"],
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let sum = std::fs::read_to_string(p.path().join("output/motd.txt.sha256")).unwrap();
     assert!(sum.ends_with("  motd.txt\n"), "{sum}");
-    let check = Command::new("sha256sum").arg("-c").arg("motd.txt.sha256").current_dir(p.path().join("output")).output().unwrap();
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("motd.txt.sha256")
+        .current_dir(p.path().join("output"))
+        .output()
+        .unwrap();
     assert!(check.status.success(), "{}", text(&check));
     assert!(p.path().join("output/motd.txt.sha512").exists());
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.path().join("output/manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("output/manifest.json")).unwrap(),
+    )
+    .unwrap();
     let b = &m["builds"][0];
     assert_eq!(b["name"], "box");
     assert_eq!(b["builder_type"], "fetcher");
@@ -359,7 +423,10 @@ build("web", #{ sources: ["box"],
     // A second run appends, as Packer's manifest does.
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.path().join("output/manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("output/manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(m["builds"].as_array().unwrap().len(), 2);
 }
 
@@ -387,7 +454,10 @@ build("web", #{ sources: ["box"], steps: [
     assert!(s.contains("timeout 5m"), "{s}");
     let out = p.kiln(&["validate", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(!p.path().join(".kiln").exists(), "validate must not write anything");
+    assert!(
+        !p.path().join(".kiln").exists(),
+        "validate must not write anything"
+    );
     assert!(!p.path().join("out").exists());
 }
 
@@ -405,7 +475,10 @@ build("web", #{ sources: ["box"], steps: [
 "#;
     p.script(&sshd, script);
     let secret = "s3cr3t-Pa55 'q\"uote";
-    let out = kiln_cmd(p.path(), &["build", "."]).env("KILN_TEST_PW", secret).output().unwrap();
+    let out = kiln_cmd(p.path(), &["build", "."])
+        .env("KILN_TEST_PW", secret)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let all = text(&out);
     assert!(!all.contains("s3cr3t-Pa55"), "secret leaked:\n{all}");
@@ -416,12 +489,16 @@ build("web", #{ sources: ["box"], steps: [
     assert!(all.contains("secret(\"KILN_TEST_PW\")"), "{all}");
     assert!(!find_audit(p.path()).contains("s3cr3t"));
 
-    let out = kiln_cmd(p.path(), &["build", "--machine-readable", "."]).env("KILN_TEST_PW", secret).output().unwrap();
+    let out = kiln_cmd(p.path(), &["build", "--machine-readable", "."])
+        .env("KILN_TEST_PW", secret)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("s3cr3t-Pa55"), "{stdout}");
     for line in stdout.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
         assert!(v["type"].is_string(), "{line}");
     }
 }
@@ -442,26 +519,43 @@ build("web", #{ sources: ["box"], steps: [
     .replace("REMOTE", p.remote.path().to_str().unwrap())
     .replace("MARKER", &marker);
     p.script(&sshd, &script);
-    let mut child = kiln_cmd(p.path(), &["build", "."]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = kiln_cmd(p.path(), &["build", "."])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = p.remote.path().join("started");
     let t0 = Instant::now();
     while !started.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the step never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the step never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!sleepers(&marker).is_empty(), "the remote process should be running");
+    assert!(
+        !sleepers(&marker).is_empty(),
+        "the remote process should be running"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t1 = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(t1.elapsed() < Duration::from_secs(15), "kiln took {:?} to stop", t1.elapsed());
+    assert!(
+        t1.elapsed() < Duration::from_secs(15),
+        "kiln took {:?} to stop",
+        t1.elapsed()
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
     assert!(all.contains("Interrupted by SIGINT"), "{all}");
     assert!(all.contains("removed: remote script"), "{all}");
     std::thread::sleep(Duration::from_millis(300));
     let running = sleepers(&marker);
-    assert!(running.is_empty(), "remote process left behind: {running:?}\n{all}");
+    assert!(
+        running.is_empty(),
+        "remote process left behind: {running:?}\n{all}"
+    );
     assert!(!p.remote.path().join("after").exists());
     // The script this build uploaded (named in the cleanup report) is gone.
     let script = all
@@ -470,7 +564,10 @@ build("web", #{ sources: ["box"], steps: [
         .and_then(|s| s.split(".sh").next())
         .unwrap_or_else(|| panic!("no script in the cleanup report: {all}"));
     assert!(find_audit(p.path()).contains("cancelled: interrupted by SIGINT"));
-    assert!(!Path::new(&format!("/tmp/kiln-shell-{script}.sh")).exists(), "temp script left behind");
+    assert!(
+        !Path::new(&format!("/tmp/kiln-shell-{script}.sh")).exists(),
+        "temp script left behind"
+    );
 }
 
 /// Pids of `sleep ARG` processes (exact command line, read from /proc).
@@ -479,6 +576,70 @@ fn sleepers(arg: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes())
+        })
         .collect()
+}
+
+/// Every example's build script validates (its builders, options and grants are
+/// current), with the files its run.sh would put in place.
+#[test]
+fn every_example_validates() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&examples).unwrap() {
+        let dir = e.unwrap().path();
+        if !dir.join("build.rhai").exists() {
+            continue;
+        }
+        let out = kiln_cmd(&dir, &["inspect", "."]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            dir.display(),
+            text(&out)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} examples found");
+}
+
+#[test]
+fn imports_resolve_only_in_the_project_and_kilns_library() {
+    let p = Project::new();
+    p.write("lib/common.rhai", "fn motd() { \"hello from a module\" }\n");
+    let outside = tempfile::Builder::new()
+        .prefix("kiln-outside-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(outside.path().join("evil.rhai"), "fn x() { 1 }\n").unwrap();
+    let base = r#"
+source("box", ssh_host(#{ host: "h", ssh: #{ user: "root", host_key: "SHA256:x" } }));
+build("web", #{ sources: ["box"], steps: [ shell([`echo ${c::motd()}`]) ] });
+"#;
+    p.write(
+        "build.rhai",
+        &format!("import \"lib/common\" as c;\n{base}"),
+    );
+    let out = p.kiln(&["inspect", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for bad in [
+        "/etc/passwd".to_string(),
+        outside.path().join("evil").display().to_string(),
+        format!(
+            "../{}/evil",
+            outside.path().file_name().unwrap().to_str().unwrap()
+        ),
+    ] {
+        p.write("build.rhai", &format!("import {bad:?} as c;\n{base}"));
+        let out = p.kiln(&["validate", "."]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(
+            text(&out).contains("cannot import"),
+            "{bad}: {}",
+            text(&out)
+        );
+    }
 }

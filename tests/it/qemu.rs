@@ -19,12 +19,12 @@ use kiln::host::qemu::{self, AccelKind, Accelerator, Drive, VmSpec};
 use kiln::host::ssh::{ConnectOptions, Session, SshConfig};
 use sha2::{Digest, Sha256};
 
-static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const BASE_DIR: &str = "/var/tmp/kiln-base";
 const SSH_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn base_image() -> (PathBuf, PathBuf) {
+pub(crate) fn base_image() -> (PathBuf, PathBuf) {
     let dir = PathBuf::from(std::env::var("KILN_BASE_DIR").unwrap_or_else(|_| BASE_DIR.into()));
     let image = dir.join("base.qcow2");
     let key = dir.join("keys/id_ed25519");
@@ -265,6 +265,41 @@ async fn killed_build_leaves_no_qemu_and_no_overlay() {
     }
     assert!(!pid_alive(pid), "qemu {pid} survived the unwind");
     assert!(!overlay.path.exists(), "the overlay survived the unwind");
+
+    // An explicit kill: the VM is gone when kill() returns, and its entry can go.
+    let blank = image::create_blank(
+        &dir.path().join("b.qcow2"),
+        1 << 30,
+        ImageFormat::Qcow2,
+        &cleanup,
+    )
+    .await
+    .unwrap();
+    let spec = VmSpec::new(
+        "kiln-it-kill2",
+        qemu::Accel::tcg("test"),
+        &blank.path,
+        dir.path(),
+    );
+    let vm = qemu::start(spec, &cleanup).await.unwrap();
+    let pid = vm.pid();
+    assert!(vm.kill().await);
+    assert!(!vm.is_running());
+    assert!(
+        vm.exit_status().unwrap().contains("SIGKILL"),
+        "{:?}",
+        vm.exit_status()
+    );
+    assert!(matches!(
+        vm.powerdown().await,
+        Err(qemu::QemuError::NotRunning)
+    ));
+    assert!(cleanup.release(vm.cleanup_id()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pid_alive(pid), "qemu {pid} survived kill()");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,7 +551,7 @@ async fn nocloud_seed_disk_is_a_cidata_filesystem() {
     let cleanup = CleanupStack::new();
     let user_data = b"#cloud-config\nusers: [{name: kiln}]\n";
     let meta_data = b"instance-id: kiln-1\nlocal-hostname: kiln\n";
-    let (path, id) = httpd::nocloud_seed_disk(
+    let seed = httpd::nocloud_seed_disk(
         &dir.path().join("seed.img"),
         user_data,
         meta_data,
@@ -525,6 +560,7 @@ async fn nocloud_seed_disk_is_a_cidata_filesystem() {
     )
     .await
     .unwrap();
+    let path = seed.path.clone();
     let blkid = |tag: &str| {
         let out = std::process::Command::new("blkid")
             .args(["-p", "-o", "value", "-s", tag])
@@ -545,7 +581,7 @@ async fn nocloud_seed_disk_is_a_cidata_filesystem() {
     // The qemu side accepts it as a drive spec.
     let d = Drive::seed(&path);
     assert!(d.read_only);
-    assert!(cleanup.release(id));
+    assert!(cleanup.release(seed.cleanup));
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {

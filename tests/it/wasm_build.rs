@@ -16,7 +16,10 @@ fn consul_provisioner_bakes_its_service_definition_over_ssh() {
     let sshd = Sshd::start();
     let p = Project::new();
     with_component(&p, "consul_provisioner");
-    p.write("files/consul/web-extra.hcl", "# extra\nlog_level = \"INFO\"\n");
+    p.write(
+        "files/consul/web-extra.hcl",
+        "# extra\nlog_level = \"INFO\"\n",
+    );
     p.write("secret.txt", "do not ship");
     let script = r#"
 source("box", ssh_host(#{ host: "127.0.0.1", ssh: {SSH} }));
@@ -33,12 +36,16 @@ build("web", #{ sources: ["box"], steps: [
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let def = p.remote.path().join("consul.d/web.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&def).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&def).unwrap()).unwrap();
     assert_eq!(v["service"]["name"], "web");
     assert_eq!(v["service"]["port"], 80);
     assert_eq!(v["service"]["check"]["http"], "http://localhost:80/health");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&def).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(&def).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     assert_eq!(
         std::fs::read_to_string(p.remote.path().join("consul.d/web-extra.hcl")).unwrap(),
         "# extra\nlog_level = \"INFO\"\n"
@@ -49,7 +56,10 @@ build("web", #{ sources: ["box"], steps: [
     // The same provisioner asked to ship a file outside its read grant is refused,
     // and nothing lands.
     let script = script.replace("files/consul/web-extra.hcl\", to", "secret.txt\", to");
-    p.write("build.rhai", &script.replace("{SSH}", &sshd.ssh_config_rhai_in(p.path())));
+    p.write(
+        "build.rhai",
+        &script.replace("{SSH}", &sshd.ssh_config_rhai_in(p.path())),
+    );
     std::fs::remove_dir_all(p.remote.path().join("consul.d")).unwrap();
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -78,7 +88,12 @@ build("web", #{ sources: ["box"], steps: [
     assert!(!p.remote.path().join("ran").exists());
 
     // Granted, it runs and its command reaches the machine through the broker.
-    p.write("build.rhai", &script.replace("#{ allow: #{ machine: false } }", "#{}").replace("{SSH}", &sshd.ssh_config_rhai_in(p.path())));
+    p.write(
+        "build.rhai",
+        &script
+            .replace("#{ allow: #{ machine: false } }", "#{}")
+            .replace("{SSH}", &sshd.ssh_config_rhai_in(p.path())),
+    );
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(p.remote.path().join("ran").exists());
@@ -88,7 +103,12 @@ build("web", #{ sources: ["box"], steps: [
 fn module_inspect_and_plan_inspect_show_imports() {
     let p = Project::new();
     with_component(&p, "consul_provisioner");
-    let out = kiln_cmd(p.path(), &["module", "inspect", "provisioners/consul_provisioner.wasm"]).output().unwrap();
+    let out = kiln_cmd(
+        p.path(),
+        &["module", "inspect", "provisioners/consul_provisioner.wasm"],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("kiln:host/machine"), "{s}");
@@ -101,5 +121,8 @@ build("web", #{ sources: ["box"], steps: [ wasm("provisioners/consul_provisioner
     let out = p.kiln(&["inspect", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("imports: ") && s.contains("kiln:host/machine"), "{s}");
+    assert!(
+        s.contains("imports: ") && s.contains("kiln:host/machine"),
+        "{s}"
+    );
 }

@@ -16,13 +16,20 @@ static LOCK: Mutex<()> = Mutex::new(());
 
 /// Appends one build entry to the manifest at `path` (creating it), and sets
 /// `last_run_uuid`. Existing entries from earlier runs are kept, as Packer does.
-pub fn append(project: &Project, scope: &Scope, path: &str, entry: &Dynamic, run_uuid: &str) -> Result<(), String> {
+pub fn append(
+    project: &Project,
+    scope: &Scope,
+    path: &str,
+    entry: &Dynamic,
+    run_uuid: &str,
+) -> Result<(), String> {
     let entry = value::to_json(entry)?;
     let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut doc = match project.open_read(scope, path) {
         Ok(mut f) => {
             let mut text = String::new();
-            f.read_to_string(&mut text).map_err(|e| format!("{path}: {e}"))?;
+            f.read_to_string(&mut text)
+                .map_err(|e| format!("{path}: {e}"))?;
             if text.trim().is_empty() {
                 serde_json::json!({})
             } else {
@@ -46,7 +53,12 @@ pub fn append(project: &Project, scope: &Scope, path: &str, entry: &Dynamic, run
     // Write to a temp name and rename so a reader never sees half a manifest.
     let tmp = format!("{path}.kiln-tmp");
     let mut f = project.create(scope, &tmp).map_err(|e| e.to_string())?;
-    f.write_all(text.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| format!("{path}: {e}"))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.write_all(b"\n"))
+        .map_err(|e| format!("{path}: {e}"))?;
     drop(f);
-    project.dir().rename(&tmp, project.dir(), path).map_err(|e| format!("{path}: {e}"))
+    project
+        .dir()
+        .rename(&tmp, project.dir(), path)
+        .map_err(|e| format!("{path}: {e}"))
 }

@@ -94,7 +94,12 @@ impl CleanupStack {
 
     /// Descriptions of what is on the stack, newest first.
     pub fn pending(&self) -> Vec<String> {
-        self.lock().entries.iter().rev().map(|e| e.what.clone()).collect()
+        self.lock()
+            .entries
+            .iter()
+            .rev()
+            .map(|e| e.what.clone())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -85,6 +85,10 @@ pub struct BuildRt {
     /// The builder's own scope (its grants).
     pub builder_scope: Scope,
     pub wasm: Arc<crate::build::wasm_step::WasmRuntime>,
+    /// Files and directories the build created, by path, until kept as artifacts.
+    owned: Mutex<std::collections::HashMap<String, super::cleanup::CleanupId>>,
+    /// Host objects that must live as long as the build (an HTTP server for the guest).
+    held: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl BuildRt {
@@ -100,7 +104,11 @@ impl BuildRt {
         wasm: Arc<crate::build::wasm_step::WasmRuntime>,
     ) -> Self {
         let label = crate::plan::pair_name(&build, &source);
-        let builder_scope = broker.scope(&label, &format!("builder {}", source.builder), source.grants.clone());
+        let builder_scope = broker.scope(
+            &label,
+            &format!("builder {}", source.builder),
+            source.grants.clone(),
+        );
         BuildRt {
             label,
             build,
@@ -116,11 +124,43 @@ impl BuildRt {
             started: time::OffsetDateTime::now_utc(),
             builder_scope,
             wasm,
+            owned: Mutex::new(Default::default()),
+            held: Mutex::new(Vec::new()),
         }
     }
 
+    /// Remembers that `path` was created under cleanup entry `id`.
+    pub fn own(&self, path: &str, id: super::cleanup::CleanupId) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_string(), id);
+    }
+
+    /// Keeps `thing` alive until the build ends.
+    pub fn hold(&self, thing: Box<dyn std::any::Any + Send>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(thing);
+    }
+
+    /// `path` becomes part of the artifact: it is no longer removed on failure.
+    /// Returns false if the build did not create it.
+    pub fn keep(&self, path: &str) -> bool {
+        let id = self
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        id.is_some_and(|id| self.cleanup.release(id))
+    }
+
     fn current(&self) -> Cancel {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Why the running work should stop, if it should (checked by Rhai's progress hook).

@@ -75,7 +75,10 @@ pub fn select(plan: &Plan, opts: &RunOptions) -> Result<Vec<String>, String> {
     for p in opts.only.iter().chain(&opts.except) {
         if !all.iter().any(|(b, s)| selects(p, b, s)) {
             let names: Vec<String> = all.iter().map(|(b, s)| format!("{b}.{s}")).collect();
-            return Err(format!("{p:?} matches no build; builds are: {}", names.join(", ")));
+            return Err(format!(
+                "{p:?} matches no build; builds are: {}",
+                names.join(", ")
+            ));
         }
     }
     Ok(all
@@ -95,7 +98,11 @@ pub async fn run_builds(
     cancel: Cancel,
     selected: Vec<String>,
 ) -> Vec<BuildOutcome> {
-    let limit = if opts.parallel_builds == 0 { selected.len().max(1) } else { opts.parallel_builds };
+    let limit = if opts.parallel_builds == 0 {
+        selected.len().max(1)
+    } else {
+        opts.parallel_builds
+    };
     let sem = Arc::new(tokio::sync::Semaphore::new(limit));
     let wasm = Arc::new(WasmRuntime::new());
     let mut tasks = Vec::new();
@@ -151,8 +158,12 @@ async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
             seconds: 0.0,
         };
     }
-    rt.ui.say(&label, &format!("Starting build with the {} builder", rt.source.builder));
-    rt.ui.event("build-start", serde_json::json!({ "build": label }));
+    rt.ui.say(
+        &label,
+        &format!("Starting build with the {} builder", rt.source.builder),
+    );
+    rt.ui
+        .event("build-start", serde_json::json!({ "build": label }));
     let worker = rt.clone();
     let result = tokio::task::spawn_blocking(move || run_script(&worker))
         .await
@@ -165,11 +176,17 @@ async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
     let mut cleaned = Vec::new();
     let mut kept = Vec::new();
     if let Some(e) = &error {
-        rt.ui.error(&label, &format!("Build '{label}' errored after {}: {e}", fmt_secs(seconds)));
+        rt.ui.error(
+            &label,
+            &format!("Build '{label}' errored after {}: {e}", fmt_secs(seconds)),
+        );
         if on_error == OnError::Abort {
             kept = rt.cleanup.keep_all();
             if !kept.is_empty() {
-                rt.ui.say(&label, "Keeping resources for debugging (--on-error=abort):");
+                rt.ui.say(
+                    &label,
+                    "Keeping resources for debugging (--on-error=abort):",
+                );
                 for k in &kept {
                     rt.ui.message(&label, &format!("kept: {k}"));
                 }
@@ -180,7 +197,9 @@ async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
             for r in &cleaned {
                 match &r.error {
                     None => rt.ui.message(&label, &format!("removed: {}", r.what)),
-                    Some(e) => rt.ui.error(&label, &format!("could not remove {}: {e}", r.what)),
+                    Some(e) => rt
+                        .ui
+                        .error(&label, &format!("could not remove {}: {e}", r.what)),
                 }
             }
         }
@@ -190,10 +209,14 @@ async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
         cleaned = rt.cleanup.unwind().await;
         for r in &cleaned {
             if let Some(e) = &r.error {
-                rt.ui.warn(&label, &format!("could not remove {}: {e}", r.what));
+                rt.ui
+                    .warn(&label, &format!("could not remove {}: {e}", r.what));
             }
         }
-        rt.ui.say(&label, &format!("Build finished after {}", fmt_secs(seconds)));
+        rt.ui.say(
+            &label,
+            &format!("Build finished after {}", fmt_secs(seconds)),
+        );
     }
     rt.ui.event(
         "build-end",
@@ -253,27 +276,54 @@ fn run_script(rt: &Arc<BuildRt>) -> Result<serde_json::Value, String> {
             .locate(e, file)
             .to_string()
     };
-    let ast = library.ast(&engine, &rt.source.script).map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+    let ast = library
+        .ast(&engine, &rt.source.script)
+        .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
     let ctx = Ctx {
         rt: rt.clone(),
         scope: rt.builder_scope.clone(),
     };
     let mut artifact: Map = engine
-        .call_fn(&mut RhaiScope::new(), &ast, "run", (Dynamic::from_map(rt.source.config.clone()), ctx))
+        .call_fn(
+            &mut RhaiScope::new(),
+            &ast,
+            "run",
+            (Dynamic::from_map(rt.source.config.clone()), ctx),
+        )
         .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
     for post in &rt.build.post {
-        rt.ui.say(&rt.label, &format!("Running post-processor: {}", post.name));
-        let ast = library.ast(&engine, &post.script).map_err(|e| locate(&e, &post.script.to_string()))?;
-        let scope = rt.broker.scope(&rt.label, &format!("post-processor {}", post.name), post_grants(&artifact, &post.config));
-        let ctx = Ctx { rt: rt.clone(), scope };
+        rt.ui
+            .say(&rt.label, &format!("Running post-processor: {}", post.name));
+        let ast = library
+            .ast(&engine, &post.script)
+            .map_err(|e| locate(&e, &post.script.to_string()))?;
+        let scope = rt.broker.scope(
+            &rt.label,
+            &format!("post-processor {}", post.name),
+            post_grants(&artifact, &post.config),
+        );
+        let ctx = Ctx {
+            rt: rt.clone(),
+            scope,
+        };
         artifact = engine
             .call_fn(
                 &mut RhaiScope::new(),
                 &ast,
                 "run",
-                (Dynamic::from_map(post.config.clone()), Dynamic::from_map(artifact), ctx),
+                (
+                    Dynamic::from_map(post.config.clone()),
+                    Dynamic::from_map(artifact),
+                    ctx,
+                ),
             )
-            .map_err(|e| format!("post-processor {}: {}", post.name, locate(&e, &post.script.to_string())))?;
+            .map_err(|e| {
+                format!(
+                    "post-processor {}: {}",
+                    post.name,
+                    locate(&e, &post.script.to_string())
+                )
+            })?;
     }
     crate::script::value::to_json(&Dynamic::from_map(artifact))
 }
@@ -292,7 +342,10 @@ fn post_grants(artifact: &Map, config: &Map) -> Grants {
             dirs.push(d);
         }
     };
-    if let Some(files) = artifact.get("files").and_then(|f| f.clone().into_array().ok()) {
+    if let Some(files) = artifact
+        .get("files")
+        .and_then(|f| f.clone().into_array().ok())
+    {
         for f in files {
             if let Ok(s) = f.into_string() {
                 add(&s);
@@ -312,7 +365,10 @@ fn build_engine(rt: &Arc<BuildRt>) -> rhai::Engine {
         max_operations: 0,
         ..engine::Limits::default()
     });
-    eng.set_module_resolver(KilnResolver::new(rt.plan.project.clone(), rt.plan.library.sources().clone()));
+    eng.set_module_resolver(KilnResolver::new(
+        rt.plan.project.clone(),
+        rt.plan.library.sources().clone(),
+    ));
     let decl = Arc::new(std::sync::Mutex::new(declare::DeclState {
         sealed: true,
         inputs: Default::default(),

@@ -51,11 +51,16 @@ pub fn run_steps(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine) -> Resul
     for (i, step) in steps {
         let n = i + 1;
         let name = format!("step {n}/{total} ({})", step.describe());
-        let scope = rt
-            .broker
-            .scope(&rt.label, &format!("step {n} {}", step.kind_name()), step.grants.clone());
+        let scope = rt.broker.scope(
+            &rt.label,
+            &format!("step {n} {}", step.kind_name()),
+            step.grants.clone(),
+        );
         if let Some(p) = step.options.pause_before {
-            rt.ui.say(&rt.label, &format!("Pausing {} before {name}...", humantime::format_duration(p)));
+            rt.ui.say(
+                &rt.label,
+                &format!("Pausing {} before {name}...", humantime::format_duration(p)),
+            );
             rt.block_on(tokio::time::sleep(p))?;
         }
         let attempts = step.options.max_retries + 1;
@@ -66,15 +71,26 @@ pub fn run_steps(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine) -> Resul
                 let _guard = rt.begin_step(step.options.timeout);
                 run_one(rt, engine, machine, &scope, step)
             };
+            rt.ui.event(
+                "step-end",
+                serde_json::json!({
+                    "build": rt.label, "step": n, "kind": step.kind_name(), "attempt": attempt,
+                    "ok": result.is_ok(), "seconds": started.elapsed().as_secs_f64(),
+                }),
+            );
             match result {
                 Ok(()) => {
                     tracing::debug!(step = %name, elapsed = ?started.elapsed(), "step done");
                     break;
                 }
                 Err(f) if f.disconnected && step.options.expect_disconnect => {
-                    rt.ui.say(&rt.label, "Machine disconnected as expected; reconnecting...");
-                    rt.block_on(machine.reconnect())?
-                        .map_err(|e| format!("{name}: reconnecting after the expected disconnect failed: {e}"))?;
+                    rt.ui.say(
+                        &rt.label,
+                        "Machine disconnected as expected; reconnecting...",
+                    );
+                    rt.block_on(machine.reconnect())?.map_err(|e| {
+                        format!("{name}: reconnecting after the expected disconnect failed: {e}")
+                    })?;
                     break;
                 }
                 Err(f) => {
@@ -83,7 +99,11 @@ pub fn run_steps(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine) -> Resul
                     }
                     rt.ui.warn(
                         &rt.label,
-                        &format!("{name} failed: {}; retrying (attempt {} of {attempts})", f.message, attempt + 1),
+                        &format!(
+                            "{name} failed: {}; retrying (attempt {} of {attempts})",
+                            f.message,
+                            attempt + 1
+                        ),
                     );
                     attempt += 1;
                     rt.block_on(tokio::time::sleep(std::time::Duration::from_secs(2)))?;
@@ -97,11 +117,20 @@ pub fn run_steps(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine) -> Resul
     Ok(())
 }
 
-fn run_one(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine, scope: &Scope, step: &StepSpec) -> Result<(), StepFailure> {
+fn run_one(
+    rt: &Arc<BuildRt>,
+    engine: &Engine,
+    machine: &Machine,
+    scope: &Scope,
+    step: &StepSpec,
+) -> Result<(), StepFailure> {
     let env = resolve_env(step);
     match &step.kind {
         StepKind::Shell { inline } => {
-            rt.ui.say(&rt.label, &format!("Provisioning with shell ({} commands)", inline.len()));
+            rt.ui.say(
+                &rt.label,
+                &format!("Provisioning with shell ({} commands)", inline.len()),
+            );
             let mut script = String::from("#!/bin/sh -e\n");
             for line in inline {
                 script.push_str(line);
@@ -110,7 +139,10 @@ fn run_one(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine, scope: &Scope,
             run_script(rt, machine, scope, step, script.as_bytes(), &env)
         }
         StepKind::ShellScript { path } => {
-            rt.ui.say(&rt.label, &format!("Provisioning with shell script: {path}"));
+            rt.ui.say(
+                &rt.label,
+                &format!("Provisioning with shell script: {path}"),
+            );
             let bytes = rt
                 .plan
                 .project
@@ -121,8 +153,10 @@ fn run_one(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine, scope: &Scope,
         StepKind::File { src, dest } => upload(rt, machine, scope, src, dest),
         StepKind::Closure { .. } => run_closure(rt, engine, machine, scope, step),
         StepKind::Wasm { path, config_json } => {
-            rt.ui.say(&rt.label, &format!("Running WASM provisioner {path}"));
-            super::wasm_step::run(rt, machine, scope, step, path, config_json).map_err(StepFailure::new)
+            rt.ui
+                .say(&rt.label, &format!("Running WASM provisioner {path}"));
+            super::wasm_step::run(rt, machine, scope, step, path, config_json)
+                .map_err(StepFailure::new)
         }
     }
 }
@@ -156,8 +190,15 @@ fn run_script(
     scope
         .check(&Capability::Machine, &format!("write {remote}"))
         .map_err(|e| StepFailure::new(e.to_string()))?;
-    let written = rt.block_on(session.write_file(&remote, script, Some(0o700))).map_err(StepFailure::new)?;
-    scope.record(&Capability::Machine, &format!("write {remote}"), if written.is_ok() { "ok" } else { "error" }, 0.0);
+    let written = rt
+        .block_on(session.write_file(&remote, script, Some(0o700)))
+        .map_err(StepFailure::new)?;
+    scope.record(
+        &Capability::Machine,
+        &format!("write {remote}"),
+        if written.is_ok() { "ok" } else { "error" },
+        0.0,
+    );
     written.map_err(from_ssh)?;
     // Run in the background with its pid on record, so an interrupted or timed-out
     // build can kill it; the undo sits on the cleanup stack until the script ends.
@@ -170,10 +211,13 @@ fn run_script(
         // Children first: once the script dies they are re-parented and lost to -P.
         "p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -TERM -P $p; kill -TERM $p; }} 2>/dev/null; rm -f {remote} {pidf}"
     );
-    let id = rt.cleanup.push(format!("remote script {remote} (process and file)"), move || async move {
-        killer.exec(&undo_cmd, &[], &mut |_, _| {}).await?;
-        Ok(())
-    });
+    let id = rt.cleanup.push(
+        format!("remote script {remote} (process and file)"),
+        move || async move {
+            killer.exec(&undo_cmd, &[], &mut |_, _| {}).await?;
+            Ok(())
+        },
+    );
     let result = exec(rt, machine, scope, &cmd, env, &format!("run {remote}"));
     match &result {
         Ok(_) => {
@@ -240,28 +284,53 @@ pub fn exec(
     let result = match result {
         Ok(r) => r,
         Err(reason) => {
-            scope.record(&cap, &format!("exec {audit_as}"), &format!("cancelled: {reason}"), ms);
+            scope.record(
+                &cap,
+                &format!("exec {audit_as}"),
+                &format!("cancelled: {reason}"),
+                ms,
+            );
             return Err(StepFailure::new(reason));
         }
     };
     match &result {
-        Ok(out) => scope.record(&cap, &format!("exec {audit_as}"), &format!("ok (exit {})", out.exit_code), ms),
-        Err(e) => scope.record(&cap, &format!("exec {audit_as}"), &format!("error: {e}"), ms),
+        Ok(out) => scope.record(
+            &cap,
+            &format!("exec {audit_as}"),
+            &format!("ok (exit {})", out.exit_code),
+            ms,
+        ),
+        Err(e) => scope.record(
+            &cap,
+            &format!("exec {audit_as}"),
+            &format!("error: {e}"),
+            ms,
+        ),
     }
     result.map_err(from_ssh)
 }
 
 /// `file(src, dest)`: a file, or a directory tree, from the project to the machine.
-pub fn upload(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, src: &str, dest: &str) -> Result<(), StepFailure> {
+pub fn upload(
+    rt: &Arc<BuildRt>,
+    machine: &Machine,
+    scope: &Scope,
+    src: &str,
+    dest: &str,
+) -> Result<(), StepFailure> {
     let project = &rt.plan.project;
-    let is_dir = project.is_dir(scope, src).map_err(|e| StepFailure::new(e.to_string()))?;
+    let is_dir = project
+        .is_dir(scope, src)
+        .map_err(|e| StepFailure::new(e.to_string()))?;
     scope
         .check(&Capability::Machine, &format!("upload {dest}"))
         .map_err(|e| StepFailure::new(e.to_string()))?;
     rt.ui.say(&rt.label, &format!("Uploading {src} => {dest}"));
     let start = Instant::now();
     let result = if is_dir {
-        let dir = project.open_dir_read(scope, src).map_err(|e| StepFailure::new(e.to_string()))?;
+        let dir = project
+            .open_dir_read(scope, src)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
         let bar = rt.ui.progress(&rt.label, src, 0);
         let r = rt
             .block_on(async {
@@ -272,17 +341,23 @@ pub fn upload(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, src: &str, de
         bar.finish();
         r
     } else {
-        let file = project.open_read(scope, src).map_err(|e| StepFailure::new(e.to_string()))?;
+        let file = project
+            .open_read(scope, src)
+            .map_err(|e| StepFailure::new(e.to_string()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mode = {
             use cap_std::fs::PermissionsExt;
-            file.metadata().map(|m| m.permissions().mode() & 0o7777).ok()
+            file.metadata()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .ok()
         };
         let bar = rt.ui.progress(&rt.label, src, size);
         let r = rt
             .block_on(async {
                 let session = machine.session().await;
-                session.upload_file(&file, dest, mode, &|n| bar.set(n)).await
+                session
+                    .upload_file(&file, dest, mode, &|n| bar.set(n))
+                    .await
             })
             .map_err(StepFailure::new)?;
         bar.finish();
@@ -291,21 +366,52 @@ pub fn upload(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, src: &str, de
     let secs = start.elapsed().as_secs_f64();
     match &result {
         Ok(bytes) => {
-            scope.record(&Capability::Machine, &format!("upload {src} => {dest}"), &format!("ok ({bytes} bytes)"), secs * 1000.0);
-            let rate = if secs > 0.0 { *bytes as f64 / secs / 1e6 } else { 0.0 };
-            rt.ui.message(&rt.label, &format!("Uploaded {} in {secs:.1}s ({rate:.1} MB/s)", human_bytes(*bytes)));
+            scope.record(
+                &Capability::Machine,
+                &format!("upload {src} => {dest}"),
+                &format!("ok ({bytes} bytes)"),
+                secs * 1000.0,
+            );
+            let rate = if secs > 0.0 {
+                *bytes as f64 / secs / 1e6
+            } else {
+                0.0
+            };
+            rt.ui.message(
+                &rt.label,
+                &format!(
+                    "Uploaded {} in {secs:.1}s ({rate:.1} MB/s)",
+                    human_bytes(*bytes)
+                ),
+            );
         }
-        Err(e) => scope.record(&Capability::Machine, &format!("upload {src} => {dest}"), &format!("error: {e}"), secs * 1000.0),
+        Err(e) => scope.record(
+            &Capability::Machine,
+            &format!("upload {src} => {dest}"),
+            &format!("error: {e}"),
+            secs * 1000.0,
+        ),
     }
     result.map(|_| ()).map_err(from_ssh)
 }
 
-fn run_closure(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine, scope: &Scope, step: &StepSpec) -> Result<(), StepFailure> {
+fn run_closure(
+    rt: &Arc<BuildRt>,
+    engine: &Engine,
+    machine: &Machine,
+    scope: &Scope,
+    step: &StepSpec,
+) -> Result<(), StepFailure> {
     let StepKind::Closure { func } = &step.kind else {
         return Ok(());
     };
     rt.ui.say(&rt.label, "Running closure step");
-    let m = MachineObj::new(machine.clone(), rt.clone(), scope.clone(), resolve_env(step));
+    let m = MachineObj::new(
+        machine.clone(),
+        rt.clone(),
+        scope.clone(),
+        resolve_env(step),
+    );
     let r: Result<Dynamic, _> = func.call(engine, &rt.plan.ast, (m,));
     r.map(|_| ()).map_err(|e| {
         let located = rt
@@ -316,7 +422,8 @@ fn run_closure(rt: &Arc<BuildRt>, engine: &Engine, machine: &Machine, scope: &Sc
             .unwrap_or_else(|p| p.into_inner())
             .locate(&e, &rt.plan.script_name);
         StepFailure {
-            disconnected: located.message.contains("connection lost") || located.message.contains("disconnected"),
+            disconnected: located.message.contains("connection lost")
+                || located.message.contains("disconnected"),
             message: located.to_string(),
         }
     })
@@ -330,5 +437,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -11,7 +11,9 @@ use crate::host::machine::Machine;
 use crate::host::ssh::Stream;
 use crate::plan::StepSpec;
 use crate::ui::Ui;
-use crate::wasm::{ExecOutput, GuestError, GuestHost, LogLevel, Preopen, WasmEngine, WasmGrants, WasmLimits};
+use crate::wasm::{
+    ExecOutput, GuestError, GuestHost, LogLevel, Preopen, WasmEngine, WasmGrants, WasmLimits,
+};
 
 /// The process's wasm engine, created on first use (most builds have no wasm step).
 pub struct WasmRuntime {
@@ -26,13 +28,16 @@ impl Default for WasmRuntime {
 
 impl WasmRuntime {
     pub fn new() -> Self {
-        WasmRuntime { engine: OnceLock::new() }
+        WasmRuntime {
+            engine: OnceLock::new(),
+        }
     }
 
     pub fn engine(&self) -> Result<&WasmEngine, String> {
         self.engine
             .get_or_init(|| {
-                let dir = std::env::var_os("KILN_CACHE_DIR").map(|d| std::path::PathBuf::from(d).join("wasm"));
+                let dir = std::env::var_os("KILN_CACHE_DIR")
+                    .map(|d| std::path::PathBuf::from(d).join("wasm"));
                 WasmEngine::new(dir).map_err(|e| e.to_string())
             })
             .as_ref()
@@ -43,7 +48,14 @@ impl WasmRuntime {
 /// Largest component kiln will load.
 const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
-pub fn run(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, step: &StepSpec, path: &str, config_json: &str) -> Result<(), String> {
+pub fn run(
+    rt: &Arc<BuildRt>,
+    machine: &Machine,
+    scope: &Scope,
+    step: &StepSpec,
+    path: &str,
+    config_json: &str,
+) -> Result<(), String> {
     // Loading the module is the build script's own read of its project, not the
     // guest's: it happens under the script's grant, and the guest gets none of it.
     let loader = scope.with_step(
@@ -69,7 +81,9 @@ pub fn run(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, step: &StepSpec,
         ..Default::default()
     };
     for dir in &g.read {
-        let d = project.open_dir_read(scope, dir).map_err(|e| format!("allow.read {dir:?}: {e}"))?;
+        let d = project
+            .open_dir_read(scope, dir)
+            .map_err(|e| format!("allow.read {dir:?}: {e}"))?;
         grants.read.push(Preopen {
             dir: d,
             guest_path: dir.clone(),
@@ -77,7 +91,9 @@ pub fn run(rt: &Arc<BuildRt>, machine: &Machine, scope: &Scope, step: &StepSpec,
         });
     }
     for dir in &g.write {
-        let d = project.open_dir_write(scope, dir).map_err(|e| format!("allow.write {dir:?}: {e}"))?;
+        let d = project
+            .open_dir_write(scope, dir)
+            .map_err(|e| format!("allow.write {dir:?}: {e}"))?;
         grants.write.push(Preopen {
             dir: d,
             guest_path: dir.clone(),
@@ -138,7 +154,9 @@ struct MachineGuest {
 
 impl MachineGuest {
     fn check(&self, cap: &Capability, detail: &str) -> Result<(), GuestError> {
-        self.scope.check(cap, detail).map_err(|e| GuestError::Denied(e.to_string()))
+        self.scope
+            .check(cap, detail)
+            .map_err(|e| GuestError::Denied(e.to_string()))
     }
 }
 
@@ -148,7 +166,11 @@ fn ssh_err(e: crate::host::ssh::SshError) -> GuestError {
 
 #[async_trait::async_trait]
 impl GuestHost for MachineGuest {
-    async fn exec(&self, command: String, env: Vec<(String, String)>) -> Result<ExecOutput, GuestError> {
+    async fn exec(
+        &self,
+        command: String,
+        env: Vec<(String, String)>,
+    ) -> Result<ExecOutput, GuestError> {
         let detail = format!("exec {command}");
         self.check(&Capability::Machine, &detail)?;
         let started = Instant::now();
@@ -161,13 +183,26 @@ impl GuestHost for MachineGuest {
             .session()
             .await
             .exec(&command, &all_env, &mut |s, line| {
-                ui.output(&label, if matches!(s, Stream::Stdout) { "stdout" } else { "stderr" }, line)
+                ui.output(
+                    &label,
+                    if matches!(s, Stream::Stdout) {
+                        "stdout"
+                    } else {
+                        "stderr"
+                    },
+                    line,
+                )
             })
             .await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match r {
             Ok(out) => {
-                self.scope.record(&Capability::Machine, &detail, &format!("ok (exit {})", out.exit_code), ms);
+                self.scope.record(
+                    &Capability::Machine,
+                    &detail,
+                    &format!("ok (exit {})", out.exit_code),
+                    ms,
+                );
                 Ok(ExecOutput {
                     exit_code: out.exit_code,
                     stdout: out.stdout,
@@ -175,33 +210,74 @@ impl GuestHost for MachineGuest {
                 })
             }
             Err(e) => {
-                self.scope.record(&Capability::Machine, &detail, &format!("error: {e}"), ms);
+                self.scope
+                    .record(&Capability::Machine, &detail, &format!("error: {e}"), ms);
                 Err(ssh_err(e))
             }
         }
     }
 
-    async fn upload(&self, source: cap_std::fs::File, guest_path: String, mode: Option<u32>) -> Result<u64, GuestError> {
+    async fn upload(
+        &self,
+        source: cap_std::fs::File,
+        guest_path: String,
+        mode: Option<u32>,
+    ) -> Result<u64, GuestError> {
         let detail = format!("upload {guest_path}");
         self.check(&Capability::Machine, &detail)?;
-        let r = self.machine.session().await.upload_file(&source, &guest_path, mode, &|_| {}).await;
-        self.scope.record(&Capability::Machine, &detail, if r.is_ok() { "ok" } else { "error" }, 0.0);
+        let r = self
+            .machine
+            .session()
+            .await
+            .upload_file(&source, &guest_path, mode, &|_| {})
+            .await;
+        self.scope.record(
+            &Capability::Machine,
+            &detail,
+            if r.is_ok() { "ok" } else { "error" },
+            0.0,
+        );
         r.map_err(ssh_err)
     }
 
-    async fn write_file(&self, guest_path: String, contents: Vec<u8>, mode: Option<u32>) -> Result<(), GuestError> {
+    async fn write_file(
+        &self,
+        guest_path: String,
+        contents: Vec<u8>,
+        mode: Option<u32>,
+    ) -> Result<(), GuestError> {
         let detail = format!("write_file {guest_path}");
         self.check(&Capability::Machine, &detail)?;
-        let r = self.machine.session().await.write_file(&guest_path, &contents, mode).await;
-        self.scope.record(&Capability::Machine, &detail, if r.is_ok() { "ok" } else { "error" }, 0.0);
+        let r = self
+            .machine
+            .session()
+            .await
+            .write_file(&guest_path, &contents, mode)
+            .await;
+        self.scope.record(
+            &Capability::Machine,
+            &detail,
+            if r.is_ok() { "ok" } else { "error" },
+            0.0,
+        );
         r.map_err(ssh_err)
     }
 
     async fn read_file(&self, guest_path: String) -> Result<Vec<u8>, GuestError> {
         let detail = format!("read_file {guest_path}");
         self.check(&Capability::Machine, &detail)?;
-        let r = self.machine.session().await.read_file(&guest_path, 64 << 20).await;
-        self.scope.record(&Capability::Machine, &detail, if r.is_ok() { "ok" } else { "error" }, 0.0);
+        let r = self
+            .machine
+            .session()
+            .await
+            .read_file(&guest_path, 64 << 20)
+            .await;
+        self.scope.record(
+            &Capability::Machine,
+            &detail,
+            if r.is_ok() { "ok" } else { "error" },
+            0.0,
+        );
         r.map_err(ssh_err)
     }
 
@@ -209,14 +285,19 @@ impl GuestHost for MachineGuest {
         if self.check(&Capability::Machine, "facts").is_err() {
             return Vec::new();
         }
-        self.machine.facts().await.map(|f| f.into_iter().collect()).unwrap_or_default()
+        self.machine
+            .facts()
+            .await
+            .map(|f| f.into_iter().collect())
+            .unwrap_or_default()
     }
 
     fn secret(&self, name: &str) -> Result<String, GuestError> {
         let cap = Capability::Secret(name.to_string());
         self.check(&cap, "")?;
-        let value = std::env::var(name)
-            .map_err(|_| GuestError::NotFound(format!("secret {name:?} is not set in kiln's environment")))?;
+        let value = std::env::var(name).map_err(|_| {
+            GuestError::NotFound(format!("secret {name:?} is not set in kiln's environment"))
+        })?;
         // The guest may print it: make sure nothing kiln shows carries it.
         self.ui.redactor().add(name, &value);
         self.scope.record(&cap, "get", "ok", 0.0);
@@ -226,7 +307,8 @@ impl GuestHost for MachineGuest {
     fn allow_http(&self, host: &str, port: u16) -> Result<(), GuestError> {
         let cap = Capability::NetHttp(host.to_string());
         self.check(&cap, &format!("port {port}"))?;
-        self.scope.record(&cap, &format!("connect port {port}"), "ok", 0.0);
+        self.scope
+            .record(&cap, &format!("connect port {port}"), "ok", 0.0);
         Ok(())
     }
 

@@ -14,9 +14,7 @@ use super::grants::{Capability, Grants};
 
 /// A refused capability use.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "denied: {step} is not granted {cap}; to grant it, add to the step's options: {allow}"
-)]
+#[error("denied: {step} is not granted {cap}; to grant it, add to the step's options: {allow}")]
 pub struct Denied {
     pub step: String,
     pub cap: String,
@@ -104,7 +102,12 @@ impl Scope {
     }
 
     /// Checks, runs `op`, and audits the outcome and duration.
-    pub async fn run<T, E, F>(&self, cap: Capability, detail: &str, op: F) -> Result<T, ScopeError<E>>
+    pub async fn run<T, E, F>(
+        &self,
+        cap: Capability,
+        detail: &str,
+        op: F,
+    ) -> Result<T, ScopeError<E>>
     where
         F: Future<Output = Result<T, E>>,
         E: std::fmt::Display,
@@ -184,7 +187,10 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(r#"fs.read("files/consul")"#), "{msg}");
-        assert!(msg.contains(r#"allow: #{ read: ["files/consul"] }"#), "{msg}");
+        assert!(
+            msg.contains(r#"allow: #{ read: ["files/consul"] }"#),
+            "{msg}"
+        );
 
         let r: Result<u32, ScopeError<String>> = scope
             .run(Capability::Machine, "exec echo hunter22", async { Ok(7) })
@@ -192,12 +198,17 @@ mod tests {
         assert_eq!(r.unwrap(), 7);
 
         let log = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["outcome"], "denied");
         assert_eq!(lines[0]["capability"], "fs.read");
         assert_eq!(lines[1]["outcome"], "ok");
-        assert!(!log.contains("hunter22"), "secret leaked into the audit log: {log}");
+        assert!(
+            !log.contains("hunter22"),
+            "secret leaked into the audit log: {log}"
+        );
     }
 }

@@ -61,7 +61,47 @@ impl Project {
         if root == "." || root == "./" {
             return self.root.try_clone().map_err(|e| FsError::io(root, e));
         }
+        if Path::new(root).is_absolute() {
+            // The script granted this host directory by name: that grant is the
+            // authority to open it.
+            return Dir::open_ambient_dir(root, ambient_authority())
+                .map_err(|e| FsError::io(root, e));
+        }
         self.root.open_dir(root).map_err(|e| FsError::io(root, e))
+    }
+
+    /// The absolute host path of a file `scope` may read, for handing to an external
+    /// tool (qemu-img). The file is opened through its grant first, so `..`, and
+    /// symlinks out of the granted directory, are refused as for any other read.
+    pub fn host_path_read(&self, scope: &Scope, path: &str) -> Result<PathBuf, FsError> {
+        drop(self.open_read(scope, path)?);
+        Ok(self.absolute(path))
+    }
+
+    /// The absolute host path for a new file under a write grant; its parent
+    /// directory is created and opened through the grant first.
+    pub fn host_path_write(&self, scope: &Scope, path: &str) -> Result<PathBuf, FsError> {
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| ".".into());
+        let cap = Capability::FsWrite(path.to_string());
+        scope.check(&cap, "")?;
+        if parent != "." {
+            drop(self.open_dir_write(scope, &parent)?);
+        }
+        scope.record(&cap, "create", "ok", 0.0);
+        Ok(self.absolute(path))
+    }
+
+    fn absolute(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.join(p)
+        }
     }
 
     /// Splits `path` into (granted root, path relative to it). The component match
@@ -71,7 +111,10 @@ impl Project {
         if root == "." {
             return p;
         }
-        let r = root.strip_prefix("./").unwrap_or(root).trim_end_matches('/');
+        let r = root
+            .strip_prefix("./")
+            .unwrap_or(root)
+            .trim_end_matches('/');
         p.strip_prefix(r).unwrap_or(p)
     }
 
@@ -224,7 +267,9 @@ mod tests {
     fn refuses_dotdot_escape() {
         let (_o, _p, project, scope) = setup();
         // Lexically under "files", but resolves to the project root: cap-std refuses.
-        let e = project.read_to_vec(&scope, "files/../other.txt", 100).unwrap_err();
+        let e = project
+            .read_to_vec(&scope, "files/../other.txt", 100)
+            .unwrap_err();
         assert!(matches!(e, FsError::Io { .. }), "{e}");
         let e = project
             .read_to_vec(&scope, "files/../../../../etc/passwd", 100)
@@ -246,14 +291,21 @@ mod tests {
     fn refuses_symlink_escapes() {
         let (_o, _p, project, scope) = setup();
         assert!(project.read_to_vec(&scope, "files/escape", 100).is_err());
-        assert!(project.read_to_vec(&scope, "files/escdir/secret.txt", 100).is_err());
+        assert!(
+            project
+                .read_to_vec(&scope, "files/escdir/secret.txt", 100)
+                .is_err()
+        );
     }
 
     #[test]
     fn refuses_paths_outside_the_grant() {
         let (_o, _p, project, scope) = setup();
         let e = project.read_to_vec(&scope, "other.txt", 100).unwrap_err();
-        assert!(e.to_string().contains(r#"allow: #{ read: ["other.txt"] }"#), "{e}");
+        assert!(
+            e.to_string().contains(r#"allow: #{ read: ["other.txt"] }"#),
+            "{e}"
+        );
     }
 
     #[test]

@@ -303,20 +303,27 @@ fn as_list(key: &str, v: &rhai::Dynamic) -> Result<Vec<String>, GrantError> {
         .collect()
 }
 
-/// Granted paths must be project-relative: absolute paths and `..` are refused here
-/// so that a grant can never name something outside the project.
+/// Granted paths are project-relative, or absolute when the script names a host
+/// directory on purpose (a base image under /var/lib/images). `..` is refused so a
+/// grant always means the directory it spells.
 fn as_paths(key: &str, v: &rhai::Dynamic) -> Result<Vec<String>, GrantError> {
     let paths = as_list(key, v)?;
     for p in &paths {
         let path = std::path::Path::new(p);
-        if path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
         {
             return Err(GrantError::Invalid {
                 key: key.into(),
-                reason: format!("{p:?} must be a path inside the project (no leading / and no ..)"),
+                reason: format!("{p:?} must not contain .."),
+            });
+        }
+        if path == std::path::Path::new("/") {
+            return Err(GrantError::Invalid {
+                key: key.into(),
+                reason: "granting the whole filesystem (\"/\") is refused; name the directory"
+                    .into(),
             });
         }
     }
@@ -342,8 +349,10 @@ mod tests {
     #[test]
     fn allow_map_replaces_defaults() {
         let mut g = Grants::provisioner_default();
-        g.apply_allow(&map(r#"#{ read: ["files/consul"], secrets: ["PW"], machine: false }"#))
-            .unwrap();
+        g.apply_allow(&map(
+            r#"#{ read: ["files/consul"], secrets: ["PW"], machine: false }"#,
+        ))
+        .unwrap();
         assert!(!g.allows(&Capability::Machine));
         assert!(g.allows(&Capability::FsRead("files/consul/a.json".into())));
         assert!(!g.allows(&Capability::FsRead("files/other".into())));
@@ -359,7 +368,16 @@ mod tests {
         assert!(e.to_string().contains("unknown key `reed`"), "{e}");
         assert!(e.to_string().contains("read"), "{e}");
         assert!(g.apply_allow(&map(r#"#{ read: ["../etc"] }"#)).is_err());
-        assert!(g.apply_allow(&map(r#"#{ write: ["/tmp"] }"#)).is_err());
+        assert!(
+            g.apply_allow(&map(r#"#{ read: ["/var/../etc"] }"#))
+                .is_err()
+        );
+        assert!(g.apply_allow(&map(r#"#{ write: ["/"] }"#)).is_err());
+        // An absolute directory is a deliberate grant.
+        g.apply_allow(&map(r#"#{ read: ["/var/tmp/images"] }"#))
+            .unwrap();
+        assert!(g.allows(&Capability::FsRead("/var/tmp/images/base.qcow2".into())));
+        assert!(!g.allows(&Capability::FsRead("/var/tmp/other".into())));
     }
 
     #[test]
@@ -377,6 +395,9 @@ mod tests {
             Capability::FsRead("files/x".into()).allow_line(),
             r#"allow: #{ read: ["files/x"] }"#
         );
-        assert_eq!(Capability::Machine.allow_line(), "allow: #{ machine: true }");
+        assert_eq!(
+            Capability::Machine.allow_line(),
+            "allow: #{ machine: true }"
+        );
     }
 }

@@ -32,6 +32,10 @@ pub fn run(ui: &Ui, dir: &Path) -> u8 {
         eprintln!("Error: {}: {e}", path.display());
         return super::EXIT_USAGE;
     }
-    ui.plain(&format!("Wrote {}; edit it, then run `kiln validate {}`", path.display(), dir.display()));
+    ui.plain(&format!(
+        "Wrote {}; edit it, then run `kiln validate {}`",
+        path.display(),
+        dir.display()
+    ));
     super::EXIT_OK
 }

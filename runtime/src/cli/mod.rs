@@ -26,7 +26,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let redactor = Redactor::default();
     init_tracing(&redactor);
-    let mode = if cli.global.machine_readable { Mode::MachineReadable } else { Mode::Human };
+    let mode = if cli.global.machine_readable {
+        Mode::MachineReadable
+    } else {
+        Mode::Human
+    };
     let verbosity = if cli.global.quiet {
         Verbosity::Quiet
     } else if cli.global.verbose > 0 {
@@ -129,7 +133,11 @@ fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
                 _ => None,
             };
             if let Some(p) = path.filter(|p| plan.project.dir().metadata(p).is_err()) {
-                problems.push(format!("build {:?} step {}: {p:?} does not exist in the project", b.name, i + 1));
+                problems.push(format!(
+                    "build {:?} step {}: {p:?} does not exist in the project",
+                    b.name,
+                    i + 1
+                ));
             }
         }
     }
@@ -140,7 +148,10 @@ fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
         return EXIT_USAGE;
     }
     ui.plain("The build script is valid.");
-    ui.event("validate", serde_json::json!({ "ok": true, "script": plan.script_name }));
+    ui.event(
+        "validate",
+        serde_json::json!({ "ok": true, "script": plan.script_name }),
+    );
     EXIT_OK
 }
 
@@ -165,7 +176,11 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
             Err(e) => Some(format!("(cannot inspect: {e})")),
         }
     };
-    print!("{}", ui.redactor().redact(&plan::render_inspect(&plan, &wasm_info)));
+    print!(
+        "{}",
+        ui.redactor()
+            .redact(&plan::render_inspect(&plan, &wasm_info))
+    );
     EXIT_OK
 }
 
@@ -227,35 +242,59 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
 
 async fn run_build(ui: &Ui, plan: Arc<Plan>, opts: RunOptions, selected: Vec<String>) -> u8 {
     let run_id = uuid::Uuid::new_v4().to_string();
-    let audit_path = plan.project.path().join(".kiln").join("runs").join(&run_id).join("audit.jsonl");
+    let audit_path = plan
+        .project
+        .path()
+        .join(".kiln")
+        .join("runs")
+        .join(&run_id)
+        .join("audit.jsonl");
     let audit = match AuditLog::open(&audit_path, ui.redactor().clone()) {
         Ok(a) => a,
         Err(e) => {
-            report_error(ui, &format!("cannot create the audit log {}: {e}", audit_path.display()));
+            report_error(
+                ui,
+                &format!("cannot create the audit log {}: {e}", audit_path.display()),
+            );
             return EXIT_BUILD_FAILED;
         }
     };
     let broker = Broker::new(run_id.clone(), audit);
     let cancel = Cancel::new();
     spawn_signal_handler(ui.clone(), cancel.clone());
-    ui.event("run-start", serde_json::json!({ "run_uuid": run_id, "builds": selected, "audit_log": audit_path }));
+    ui.event(
+        "run-start",
+        serde_json::json!({ "run_uuid": run_id, "builds": selected, "audit_log": audit_path }),
+    );
     let started = std::time::Instant::now();
-    let outcomes = crate::build::run_builds(plan, ui.clone(), broker, opts, cancel.clone(), selected).await;
+    let outcomes =
+        crate::build::run_builds(plan, ui.clone(), broker, opts, cancel.clone(), selected).await;
 
     let secs = started.elapsed().as_secs_f64();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     let ok: Vec<_> = outcomes.iter().filter(|o| o.error.is_none()).collect();
-    ui.plain(&format!("==> Wait completed after {}", crate::build::runner::fmt_secs(secs)));
+    ui.plain(&format!(
+        "==> Wait completed after {}",
+        crate::build::runner::fmt_secs(secs)
+    ));
     if !failed.is_empty() {
         ui.plain("\n==> Some builds didn't complete successfully and had errors:");
         for o in &failed {
-            ui.plain(&format!("--> {}: {}", o.name, o.error.as_deref().unwrap_or("")));
+            ui.plain(&format!(
+                "--> {}: {}",
+                o.name,
+                o.error.as_deref().unwrap_or("")
+            ));
         }
     }
     if !ok.is_empty() {
         ui.plain("\n==> Builds finished. The artifacts of successful builds are:");
         for o in &ok {
-            ui.plain(&format!("--> {}: {}", o.name, describe_artifact(o.artifact.as_ref())));
+            ui.plain(&format!(
+                "--> {}: {}",
+                o.name,
+                describe_artifact(o.artifact.as_ref())
+            ));
         }
     }
     ui.plain(&format!("\nAudit log: {}", audit_path.display()));
@@ -271,7 +310,9 @@ async fn run_build(ui: &Ui, plan: Arc<Plan>, opts: RunOptions, selected: Vec<Str
 }
 
 fn describe_artifact(a: Option<&serde_json::Value>) -> String {
-    let Some(a) = a else { return "(no artifact)".into() };
+    let Some(a) = a else {
+        return "(no artifact)".into();
+    };
     let files: Vec<&str> = a["files"]
         .as_array()
         .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
@@ -290,7 +331,10 @@ fn describe_artifact(a: Option<&serde_json::Value>) -> String {
 fn spawn_signal_handler(ui: Ui, cancel: Cancel) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             tracing::warn!("cannot install signal handlers");
             return;
         };
@@ -301,7 +345,9 @@ fn spawn_signal_handler(ui: Ui, cancel: Cancel) {
                 _ = term.recv() => "SIGTERM",
             };
             if first {
-                ui.plain(&format!("==> Interrupted by {name}: stopping builds and cleaning up..."));
+                ui.plain(&format!(
+                    "==> Interrupted by {name}: stopping builds and cleaning up..."
+                ));
                 cancel.cancel(format!("interrupted by {name}"));
                 first = false;
             } else {

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::host::image::CreatedImage;
 
 /// The host as seen from a guest on QEMU user networking (Packer's `{{ .HTTPIP }}`).
 pub const GUEST_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -400,7 +401,7 @@ pub async fn nocloud_seed_disk(
     meta_data: &[u8],
     network_config: Option<&[u8]>,
     cleanup: &CleanupStack,
-) -> Result<(PathBuf, CleanupId), HttpdError> {
+) -> Result<CreatedImage, HttpdError> {
     let dest = std::path::absolute(dest).map_err(|source| HttpdError::Seed {
         path: dest.to_path_buf(),
         source,
@@ -447,7 +448,10 @@ pub async fn nocloud_seed_disk(
         let _ = std::fs::remove_file(&dest);
         return Err(HttpdError::Seed { path: dest, source });
     }
-    Ok((dest, id))
+    Ok(CreatedImage {
+        path: dest,
+        cleanup: id,
+    })
 }
 
 fn write_fat_seed(mut file: std::fs::File, files: &[(&str, Vec<u8>)]) -> std::io::Result<()> {

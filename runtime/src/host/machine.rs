@@ -35,7 +35,11 @@ printf 'user=%s\n' "$(id -un)"
 "#;
 
 impl Machine {
-    pub async fn connect(cfg: SshConfig, project: Project, opts: ConnectOptions) -> Result<Self, SshError> {
+    pub async fn connect(
+        cfg: SshConfig,
+        project: Project,
+        opts: ConnectOptions,
+    ) -> Result<Self, SshError> {
         let session = Session::connect(&cfg, project.dir(), &opts).await?;
         Ok(Machine {
             inner: Arc::new(Inner {
@@ -71,7 +75,12 @@ impl Machine {
 
     pub fn target(&self) -> String {
         let c = &self.inner.cfg;
-        format!("{}@{}:{}", c.user, c.host.as_deref().unwrap_or("?"), c.port.unwrap_or(22))
+        format!(
+            "{}@{}:{}",
+            c.user,
+            c.host.as_deref().unwrap_or("?"),
+            c.port.unwrap_or(22)
+        )
     }
 
     pub async fn close(&self) {
@@ -83,7 +92,11 @@ impl Machine {
         self.inner
             .facts
             .get_or_try_init(|| async {
-                let out = self.session().await.exec(FACTS_SCRIPT, &[], &mut |_, _| {}).await?;
+                let out = self
+                    .session()
+                    .await
+                    .exec(FACTS_SCRIPT, &[], &mut |_, _| {})
+                    .await?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 Ok(text
                     .lines()

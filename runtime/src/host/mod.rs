@@ -1,8 +1,8 @@
 //! Host capabilities, one module each. Every call into them from a script or a guest
 //! passes the broker in `caps` first.
 
+pub mod httpd;
+pub mod image;
 pub mod machine;
 pub mod qemu;
 pub mod ssh;
-pub mod image;
-pub mod httpd;

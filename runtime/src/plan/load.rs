@@ -50,7 +50,10 @@ pub fn find_script(path: &Path) -> Result<PathBuf, LoadError> {
             SCRIPT_NAMES.join(", ")
         )));
     }
-    Err(LoadError::Config(format!("{}: no such file or directory", path.display())))
+    Err(LoadError::Config(format!(
+        "{}: no such file or directory",
+        path.display()
+    )))
 }
 
 /// Evaluates the script at `path` (a file or a directory holding `build.rhai`).
@@ -59,8 +62,12 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
     let script = find_script(path)?;
     let text = std::fs::read_to_string(&script)
         .map_err(|e| LoadError::Config(format!("{}: {e}", script.display())))?;
-    let dir = script.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let project = Project::open(dir).map_err(|e| LoadError::Config(format!("{}: {e}", dir.display())))?;
+    let dir = script
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let project =
+        Project::open(dir).map_err(|e| LoadError::Config(format!("{}: {e}", dir.display())))?;
     let script_name = script
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -77,7 +84,10 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
     }
 
     let sources = Arc::new(Mutex::new(Sources::default()));
-    sources.lock().unwrap_or_else(|p| p.into_inner()).add(&script_name, &text);
+    sources
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add(&script_name, &text);
     let library = Arc::new(Library::new(project.clone(), sources.clone()));
     let decl = Arc::new(Mutex::new(DeclState {
         sealed: false,
@@ -106,7 +116,8 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
         .compile(&text)
         .map_err(|e| LoadError::Script(locate(&e.into())))?;
     ast.set_source(script_name.as_str());
-    eng.run_ast(&ast).map_err(|e| LoadError::Script(locate(&e)))?;
+    eng.run_ast(&ast)
+        .map_err(|e| LoadError::Script(locate(&e)))?;
 
     let mut st = decl.lock().unwrap_or_else(|p| p.into_inner());
     st.sealed = true;
@@ -119,7 +130,11 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
                 return Err(LoadError::Config(format!(
                     "{script_name}: build {:?} uses source {s:?}, which is not declared (declared: {})",
                     b.name,
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
         }
@@ -129,7 +144,10 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
             "{script_name}: declares no build; add build(\"name\", #{{ sources: [...], steps: [...] }})"
         )));
     }
-    let unused: Vec<&String> = inputs.keys().filter(|k| !st.vars.contains_key(*k)).collect();
+    let unused: Vec<&String> = inputs
+        .keys()
+        .filter(|k| !st.vars.contains_key(*k))
+        .collect();
     if !unused.is_empty() {
         tracing::warn!("variables set but not used by the script: {unused:?}");
     }
@@ -156,12 +174,22 @@ fn read_var_file(path: &Path) -> Result<Vec<(String, String)>, LoadError> {
     if text.trim_start().starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| LoadError::Config(format!("var file {}: {e}", path.display())))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| LoadError::Config(format!("var file {}: must be a JSON object", path.display())))?;
+        let obj = v.as_object().ok_or_else(|| {
+            LoadError::Config(format!(
+                "var file {}: must be a JSON object",
+                path.display()
+            ))
+        })?;
         return Ok(obj
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect());
     }
     let mut out = Vec::new();
@@ -171,7 +199,11 @@ fn read_var_file(path: &Path) -> Result<Vec<(String, String)>, LoadError> {
             continue;
         }
         let (k, v) = line.split_once('=').ok_or_else(|| {
-            LoadError::Config(format!("{}:{}: expected key = value", path.display(), i + 1))
+            LoadError::Config(format!(
+                "{}:{}: expected key = value",
+                path.display(),
+                i + 1
+            ))
         })?;
         let v = v.trim();
         let v = v

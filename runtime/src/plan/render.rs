@@ -37,13 +37,22 @@ fn step_line(i: usize, s: &StepSpec) -> String {
     } else {
         format!(" [{}]", extra.join("; "))
     };
-    format!("    {}. {}{extra}\n         grants: {}", i + 1, s.describe(), s.grants.summary())
+    format!(
+        "    {}. {}{extra}\n         grants: {}",
+        i + 1,
+        s.describe(),
+        s.grants.summary()
+    )
 }
 
 /// Human-readable plan.
 pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Script: {} (sha256 {})", plan.script_name, plan.script_sha256);
+    let _ = writeln!(
+        out,
+        "Script: {} (sha256 {})",
+        plan.script_name, plan.script_sha256
+    );
     let _ = writeln!(out, "Project: {}", plan.project.path().display());
     let _ = writeln!(out, "\nVariables:");
     if plan.vars.is_empty() {
@@ -53,7 +62,11 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
         let _ = writeln!(out, "  {k} = {} ({})", v.value, v.from);
     }
     if !plan.secrets.is_empty() {
-        let _ = writeln!(out, "\nSecrets (values redacted): {}", plan.secrets.join(", "));
+        let _ = writeln!(
+            out,
+            "\nSecrets (values redacted): {}",
+            plan.secrets.join(", ")
+        );
     }
     let _ = writeln!(out, "\nSources:");
     for s in &plan.sources {

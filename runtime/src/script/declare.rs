@@ -44,7 +44,12 @@ impl Library {
     /// Compiles (once) the script behind `r`.
     pub fn ast(&self, engine: &Engine, r: &ScriptRef) -> Result<Arc<AST>, Box<EvalAltResult>> {
         let key = r.to_string();
-        if let Some(ast) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(ast) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(ast.clone());
         }
         let import_path = match r {
@@ -109,7 +114,9 @@ fn check_open(ctx: &NativeCallContext, decl: &Decl, what: &str) -> RhaiResult<()
     if lock(decl).sealed {
         return err_at(
             ctx,
-            format!("{what}() declares the plan and may only be called at the top level of the build script"),
+            format!(
+                "{what}() declares the plan and may only be called at the top level of the build script"
+            ),
         );
     }
     Ok(())
@@ -123,9 +130,13 @@ pub fn register(engine: &mut Engine, decl: Decl) {
     engine.register_type_with_name::<StepSpec>("Step");
     engine.register_fn("to_string", |s: &mut StepSpec| s.describe());
     engine.register_type_with_name::<PostSpec>("PostProcessor");
-    engine.register_fn("to_string", |s: &mut PostSpec| format!("post-processor {}", s.name));
+    engine.register_fn("to_string", |s: &mut PostSpec| {
+        format!("post-processor {}", s.name)
+    });
     engine.register_type_with_name::<SourceDraft>("Source");
-    engine.register_fn("to_string", |s: &mut SourceDraft| format!("{} source", s.builder));
+    engine.register_fn("to_string", |s: &mut SourceDraft| {
+        format!("{} source", s.builder)
+    });
 
     register_vars(engine, decl.clone());
     register_sources(engine, decl.clone());
@@ -133,15 +144,18 @@ pub fn register(engine: &mut Engine, decl: Decl) {
     register_post(engine, decl.clone());
 
     let d = decl;
-    engine.register_fn("build", move |ctx: NativeCallContext, name: &str, cfg: Map| {
-        declare_build(&ctx, &d, name, cfg)
-    });
+    engine.register_fn(
+        "build",
+        move |ctx: NativeCallContext, name: &str, cfg: Map| declare_build(&ctx, &d, name, cfg),
+    );
 }
 
 fn register_vars(engine: &mut Engine, decl: Decl) {
     // `var` is a reserved word in Rhai. Registering it as custom syntax un-reserves
     // it; the raw form below then accepts both `var(name)` and `var(name, default)`.
-    if let Err(e) = engine.register_custom_syntax(["var", "(", "$expr$", ")"], false, |_, _| Ok(Dynamic::UNIT)) {
+    if let Err(e) =
+        engine.register_custom_syntax(["var", "(", "$expr$", ")"], false, |_, _| Ok(Dynamic::UNIT))
+    {
         tracing::error!("cannot register var(): {e}");
     }
     let d = decl.clone();
@@ -162,9 +176,12 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
         move |ctx, inputs, _| {
             let pos = inputs[0].position();
             let name = ctx.eval_expression_tree(&inputs[0])?;
-            let name = name
-                .into_string()
-                .map_err(|t| runtime_err(format!("var(name, default): the name must be a string, not {t}"), pos))?;
+            let name = name.into_string().map_err(|t| {
+                runtime_err(
+                    format!("var(name, default): the name must be a string, not {t}"),
+                    pos,
+                )
+            })?;
             let default = match inputs.get(1) {
                 Some(e) => Some(ctx.eval_expression_tree(e)?),
                 None => None,
@@ -195,26 +212,43 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
 
 /// `var(name, default)`: the value from `--var`/`--var-file` converted to the
 /// default's type, else the default. `var(name)` requires a value.
-fn var(pos: rhai::Position, decl: &Decl, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
+fn var(
+    pos: rhai::Position,
+    decl: &Decl,
+    name: &str,
+    default: Option<Dynamic>,
+) -> RhaiResult<Dynamic> {
     if lock(decl).sealed {
-        return Err(runtime_err("var() may only be called at the top level of the build script", pos));
+        return Err(runtime_err(
+            "var() may only be called at the top level of the build script",
+            pos,
+        ));
     }
     let mut st = lock(decl);
     let given = st.inputs.get(name).cloned();
     let (value, from) = match (given, default) {
         (Some((text, from)), default) => {
             let v = match default {
-                Some(d) if d.is_int() => Dynamic::from(text.trim().parse::<i64>().map_err(|_| {
-                    runtime_err(format!("variable {name}: {text:?} is not an integer"), pos)
-                })?),
+                Some(d) if d.is_int() => {
+                    Dynamic::from(text.trim().parse::<i64>().map_err(|_| {
+                        runtime_err(format!("variable {name}: {text:?} is not an integer"), pos)
+                    })?)
+                }
                 Some(d) if d.is_bool() => Dynamic::from(match text.trim() {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(runtime_err(format!("variable {name}: {text:?} is not true or false"), pos)),
+                    _ => {
+                        return Err(runtime_err(
+                            format!("variable {name}: {text:?} is not true or false"),
+                            pos,
+                        ));
+                    }
                 }),
-                Some(d) if d.is_float() => Dynamic::from(text.trim().parse::<f64>().map_err(|_| {
-                    runtime_err(format!("variable {name}: {text:?} is not a number"), pos)
-                })?),
+                Some(d) if d.is_float() => {
+                    Dynamic::from(text.trim().parse::<f64>().map_err(|_| {
+                        runtime_err(format!("variable {name}: {text:?} is not a number"), pos)
+                    })?)
+                }
                 _ => Dynamic::from(text),
             };
             (v, from)
@@ -222,7 +256,9 @@ fn var(pos: rhai::Position, decl: &Decl, name: &str, default: Option<Dynamic>) -
         (None, Some(d)) => (d, "default"),
         (None, None) => {
             return Err(runtime_err(
-                format!("variable {name:?} has no default and was not set: pass --var {name}=VALUE"),
+                format!(
+                    "variable {name:?} has no default and was not set: pass --var {name}=VALUE"
+                ),
                 pos,
             ));
         }
@@ -240,9 +276,18 @@ fn var(pos: rhai::Position, decl: &Decl, name: &str, default: Option<Dynamic>) -
 fn register_sources(engine: &mut Engine, decl: Decl) {
     for builder in stdlib::builders() {
         let d = decl.clone();
-        engine.register_fn(builder, move |ctx: NativeCallContext, cfg: Map| -> RhaiResult<SourceDraft> {
-            draft(&ctx, &d, builder, ScriptRef::Embedded(format!("builders/{builder}")), cfg)
-        });
+        engine.register_fn(
+            builder,
+            move |ctx: NativeCallContext, cfg: Map| -> RhaiResult<SourceDraft> {
+                draft(
+                    &ctx,
+                    &d,
+                    builder,
+                    ScriptRef::Embedded(format!("builders/{builder}")),
+                    cfg,
+                )
+            },
+        );
     }
     let d = decl.clone();
     engine.register_fn(
@@ -256,9 +301,12 @@ fn register_sources(engine: &mut Engine, decl: Decl) {
         },
     );
     let d = decl.clone();
-    engine.register_fn("source", move |ctx: NativeCallContext, name: &str, s: SourceDraft| {
-        declare_source(&ctx, &d, name, s, Map::new())
-    });
+    engine.register_fn(
+        "source",
+        move |ctx: NativeCallContext, name: &str, s: SourceDraft| {
+            declare_source(&ctx, &d, name, s, Map::new())
+        },
+    );
     let d = decl;
     engine.register_fn(
         "source",
@@ -282,7 +330,12 @@ fn validate_config(
     let defaults: Map = ctx
         .engine()
         .call_fn(&mut Scope::new(), &ast, "options", ())
-        .map_err(|e| runtime_err(format!("{script}: options() failed: {e}"), ctx.call_position()))?;
+        .map_err(|e| {
+            runtime_err(
+                format!("{script}: options() failed: {e}"),
+                ctx.call_position(),
+            )
+        })?;
     let allowed: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
     value::check_keys(&cfg, &allowed, &format!("{what} config"))
         .map_err(|m| runtime_err(m, ctx.call_position()))?;
@@ -290,12 +343,18 @@ fn validate_config(
     let required: Array = if has_required {
         ctx.engine()
             .call_fn(&mut Scope::new(), &ast, "required", ())
-            .map_err(|e| runtime_err(format!("{script}: required() failed: {e}"), ctx.call_position()))?
+            .map_err(|e| {
+                runtime_err(
+                    format!("{script}: required() failed: {e}"),
+                    ctx.call_position(),
+                )
+            })?
     } else {
         Array::new()
     };
     for (k, v) in &cfg {
-        validate_nested(k, v).map_err(|m| runtime_err(format!("{what} config: {m}"), ctx.call_position()))?;
+        validate_nested(k, v)
+            .map_err(|m| runtime_err(format!("{what} config: {m}"), ctx.call_position()))?;
     }
     let mut merged = defaults.clone();
     for (k, v) in cfg {
@@ -343,18 +402,23 @@ fn declare_source(
 ) -> RhaiResult<()> {
     check_open(ctx, decl, "source")?;
     valid_name(ctx, name, "source")?;
-    value::check_keys(&opts, &["allow"], "source options").map_err(|m| runtime_err(m, ctx.call_position()))?;
-    let output = s
-        .config
-        .get("output_directory")
-        .filter(|v| v.is_string())
-        .map(|v| v.to_string());
+    value::check_keys(&opts, &["allow"], "source options")
+        .map_err(|m| runtime_err(m, ctx.call_position()))?;
+    // Builders that write output get their output directory, whose default is
+    // Packer's `output-<name>`.
+    let output = match s.config.get("output_directory") {
+        Some(v) if v.is_string() => Some(v.to_string()),
+        Some(_) => Some(format!("output-{name}")),
+        None => None,
+    };
     let mut grants = Grants::for_builder(&s.builder, output.as_deref());
     if let Some(allow) = opts.get("allow") {
-        let allow = allow
-            .clone()
-            .try_cast::<Map>()
-            .ok_or_else(|| runtime_err("allow must be a map like #{ read: [\"files\"] }", ctx.call_position()))?;
+        let allow = allow.clone().try_cast::<Map>().ok_or_else(|| {
+            runtime_err(
+                "allow must be a map like #{ read: [\"files\"] }",
+                ctx.call_position(),
+            )
+        })?;
         grants
             .apply_allow(&allow)
             .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
@@ -396,7 +460,11 @@ fn declare_build(ctx: &NativeCallContext, decl: &Decl, name: &str, cfg: Map) -> 
     value::check_keys(&cfg, BUILD_KEYS, "build").map_err(fail)?;
     let sources = match cfg.get("sources") {
         Some(v) => value::string_list(v, "sources").map_err(fail)?,
-        None => return Err(fail("`sources` is required (the names given to source())".into())),
+        None => {
+            return Err(fail(
+                "`sources` is required (the names given to source())".into(),
+            ));
+        }
     };
     if sources.is_empty() {
         return Err(fail("`sources` must name at least one source".into()));
@@ -468,7 +536,11 @@ const STEP_KEYS: &[&str] = &[
 ];
 
 /// Parses a step's options map; `extra` lists kind-specific keys.
-fn step_options(opts: &Map, extra: &[&str], mut grants: Grants) -> Result<(StepOptions, Grants), String> {
+fn step_options(
+    opts: &Map,
+    extra: &[&str],
+    mut grants: Grants,
+) -> Result<(StepOptions, Grants), String> {
     let mut allowed = STEP_KEYS.to_vec();
     allowed.extend_from_slice(extra);
     value::check_keys(opts, &allowed, "step options")?;
@@ -482,7 +554,8 @@ fn step_options(opts: &Map, extra: &[&str], mut grants: Grants) -> Result<(StepO
             "pause_before" => o.pause_before = Some(value::duration(v, "pause_before")?),
             "max_retries" => {
                 let n = value::int(v, "max_retries")?;
-                o.max_retries = u32::try_from(n).map_err(|_| "max_retries must be 0 or more".to_string())?;
+                o.max_retries =
+                    u32::try_from(n).map_err(|_| "max_retries must be 0 or more".to_string())?;
             }
             "only" => o.only = value::string_list(v, "only")?,
             "except" => o.except = value::string_list(v, "except")?,
@@ -508,7 +581,9 @@ fn step_options(opts: &Map, extra: &[&str], mut grants: Grants) -> Result<(StepO
                     } else if val.is_string() || val.is_int() || val.is_bool() || val.is_float() {
                         EnvValue::Plain(val.to_string())
                     } else {
-                        return Err(format!("env.{name} must be a string, number, bool or secret()"));
+                        return Err(format!(
+                            "env.{name} must be a string, number, bool or secret()"
+                        ));
                     };
                     o.env.push((name.to_string(), ev));
                 }
@@ -527,10 +602,20 @@ fn step_options(opts: &Map, extra: &[&str], mut grants: Grants) -> Result<(StepO
     Ok((o, grants))
 }
 
-fn make_step(ctx: &NativeCallContext, kind: StepKind, opts: Option<Map>, extra: &[&str], grants: Grants) -> RhaiResult<StepSpec> {
+fn make_step(
+    ctx: &NativeCallContext,
+    kind: StepKind,
+    opts: Option<Map>,
+    extra: &[&str],
+    grants: Grants,
+) -> RhaiResult<StepSpec> {
     let (options, grants) = step_options(&opts.unwrap_or_default(), extra, grants)
         .map_err(|m| runtime_err(m, ctx.call_position()))?;
-    Ok(StepSpec { kind, options, grants })
+    Ok(StepSpec {
+        kind,
+        options,
+        grants,
+    })
 }
 
 fn shell_kind(ctx: &NativeCallContext, v: Dynamic) -> RhaiResult<StepKind> {
@@ -539,7 +624,8 @@ fn shell_kind(ctx: &NativeCallContext, v: Dynamic) -> RhaiResult<StepKind> {
             path: v.into_string().unwrap_or_default(),
         });
     }
-    let inline = value::string_list(&v, "shell commands").map_err(|m| runtime_err(m, ctx.call_position()))?;
+    let inline = value::string_list(&v, "shell commands")
+        .map_err(|m| runtime_err(m, ctx.call_position()))?;
     if inline.is_empty() {
         return err_at(ctx, "shell([...]) needs at least one command");
     }
@@ -547,14 +633,20 @@ fn shell_kind(ctx: &NativeCallContext, v: Dynamic) -> RhaiResult<StepKind> {
 }
 
 fn register_steps(engine: &mut Engine) {
-    engine.register_fn("shell", |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<StepSpec> {
-        let kind = shell_kind(&ctx, v)?;
-        make_step(&ctx, kind, None, &[], Grants::provisioner_default())
-    });
-    engine.register_fn("shell", |ctx: NativeCallContext, v: Dynamic, opts: Map| -> RhaiResult<StepSpec> {
-        let kind = shell_kind(&ctx, v)?;
-        make_step(&ctx, kind, Some(opts), &[], Grants::provisioner_default())
-    });
+    engine.register_fn(
+        "shell",
+        |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<StepSpec> {
+            let kind = shell_kind(&ctx, v)?;
+            make_step(&ctx, kind, None, &[], Grants::provisioner_default())
+        },
+    );
+    engine.register_fn(
+        "shell",
+        |ctx: NativeCallContext, v: Dynamic, opts: Map| -> RhaiResult<StepSpec> {
+            let kind = shell_kind(&ctx, v)?;
+            make_step(&ctx, kind, Some(opts), &[], Grants::provisioner_default())
+        },
+    );
     let file = |ctx: &NativeCallContext, src: &str, dest: &str, opts: Option<Map>| {
         if src.is_empty() || dest.is_empty() {
             return err_at(ctx, "file(src, dest): both paths are required");
@@ -565,39 +657,81 @@ fn register_steps(engine: &mut Engine) {
         };
         make_step(ctx, kind, opts, &[], Grants::provisioner_default())
     };
-    engine.register_fn("file", move |ctx: NativeCallContext, src: &str, dest: &str| file(&ctx, src, dest, None));
-    engine.register_fn("file", move |ctx: NativeCallContext, src: &str, dest: &str, opts: Map| {
-        file(&ctx, src, dest, Some(opts))
-    });
+    engine.register_fn(
+        "file",
+        move |ctx: NativeCallContext, src: &str, dest: &str| file(&ctx, src, dest, None),
+    );
+    engine.register_fn(
+        "file",
+        move |ctx: NativeCallContext, src: &str, dest: &str, opts: Map| {
+            file(&ctx, src, dest, Some(opts))
+        },
+    );
     let wasm = |ctx: &NativeCallContext, path: &str, config: Map, opts: Option<Map>| {
-        let json = value::to_json(&Dynamic::from_map(config)).map_err(|m| runtime_err(m, ctx.call_position()))?;
+        let json = value::to_json(&Dynamic::from_map(config))
+            .map_err(|m| runtime_err(m, ctx.call_position()))?;
         let kind = StepKind::Wasm {
             path: path.to_string(),
             config_json: json.to_string(),
         };
         make_step(ctx, kind, opts, &["memory"], Grants::wasm_default())
     };
-    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str| wasm(&ctx, path, Map::new(), None));
-    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str, config: Map| wasm(&ctx, path, config, None));
-    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str, config: Map, opts: Map| {
-        wasm(&ctx, path, config, Some(opts))
+    engine.register_fn("wasm", move |ctx: NativeCallContext, path: &str| {
+        wasm(&ctx, path, Map::new(), None)
     });
-    engine.register_fn("step", |ctx: NativeCallContext, func: FnPtr, opts: Map| -> RhaiResult<StepSpec> {
-        make_step(&ctx, StepKind::Closure { func }, Some(opts), &[], Grants::provisioner_default())
-    });
+    engine.register_fn(
+        "wasm",
+        move |ctx: NativeCallContext, path: &str, config: Map| wasm(&ctx, path, config, None),
+    );
+    engine.register_fn(
+        "wasm",
+        move |ctx: NativeCallContext, path: &str, config: Map, opts: Map| {
+            wasm(&ctx, path, config, Some(opts))
+        },
+    );
+    engine.register_fn(
+        "step",
+        |ctx: NativeCallContext, func: FnPtr, opts: Map| -> RhaiResult<StepSpec> {
+            make_step(
+                &ctx,
+                StepKind::Closure { func },
+                Some(opts),
+                &[],
+                Grants::provisioner_default(),
+            )
+        },
+    );
 }
 
 fn register_post(engine: &mut Engine, decl: Decl) {
     for name in stdlib::post_processors() {
         let d = decl.clone();
-        engine.register_fn(name, move |ctx: NativeCallContext| -> RhaiResult<PostSpec> {
-            post(&ctx, &d, name, ScriptRef::Embedded(format!("post/{name}")), Map::new())
-        });
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext| -> RhaiResult<PostSpec> {
+                post(
+                    &ctx,
+                    &d,
+                    name,
+                    ScriptRef::Embedded(format!("post/{name}")),
+                    Map::new(),
+                )
+            },
+        );
         let d = decl.clone();
-        engine.register_fn(name, move |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<PostSpec> {
-            let cfg = shorthand(name, v).map_err(|m| runtime_err(m, ctx.call_position()))?;
-            post(&ctx, &d, name, ScriptRef::Embedded(format!("post/{name}")), cfg)
-        });
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, v: Dynamic| -> RhaiResult<PostSpec> {
+                let cfg = shorthand(name, v).map_err(|m| runtime_err(m, ctx.call_position()))?;
+                post(
+                    &ctx,
+                    &d,
+                    name,
+                    ScriptRef::Embedded(format!("post/{name}")),
+                    cfg,
+                )
+            },
+        );
     }
     let d = decl;
     engine.register_fn(
@@ -627,7 +761,13 @@ fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     Ok(m)
 }
 
-fn post(ctx: &NativeCallContext, decl: &Decl, name: &str, script: ScriptRef, cfg: Map) -> RhaiResult<PostSpec> {
+fn post(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    name: &str,
+    script: ScriptRef,
+    cfg: Map,
+) -> RhaiResult<PostSpec> {
     let config = validate_config(ctx, decl, name, &script, cfg)?;
     Ok(PostSpec {
         name: name.to_string(),

@@ -107,7 +107,10 @@ mod tests {
             }),
         );
         let err = e.eval::<()>("loop {}").unwrap_err();
-        assert!(matches!(*err, rhai::EvalAltResult::ErrorTerminated(..)), "{err}");
+        assert!(
+            matches!(*err, rhai::EvalAltResult::ErrorTerminated(..)),
+            "{err}"
+        );
     }
 
     #[test]
@@ -116,6 +119,9 @@ mod tests {
             max_string_size: 1000,
             ..Limits::default()
         });
-        assert!(e.eval::<String>(r#"let s = "x"; for i in 0..20 { s += s; } s"#).is_err());
+        assert!(
+            e.eval::<String>(r#"let s = "x"; for i in 0..20 { s += s; } s"#)
+                .is_err()
+        );
     }
 }

@@ -70,7 +70,10 @@ impl Sources {
 
 /// Walks into function-call and module wrappers to the error that actually happened,
 /// tracking which file it is in.
-fn innermost<'a>(err: &'a EvalAltResult, default_file: &str) -> (&'a EvalAltResult, String, Position) {
+fn innermost<'a>(
+    err: &'a EvalAltResult,
+    default_file: &str,
+) -> (&'a EvalAltResult, String, Position) {
     let mut file = default_file.to_string();
     let mut cur = err;
     let mut pos = err.position();
@@ -134,7 +137,10 @@ pub struct StepFailed(pub String);
 
 /// The error for a failed step.
 pub fn step_failed(msg: String, pos: Position) -> Box<EvalAltResult> {
-    Box::new(EvalAltResult::ErrorRuntime(rhai::Dynamic::from(StepFailed(msg)), pos))
+    Box::new(EvalAltResult::ErrorRuntime(
+        rhai::Dynamic::from(StepFailed(msg)),
+        pos,
+    ))
 }
 
 /// If `err` is (inside call wrappers) a step failure, its message.
@@ -142,8 +148,11 @@ pub fn as_step_failure(err: &EvalAltResult) -> Option<String> {
     let mut cur = err;
     loop {
         match cur {
-            EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => cur = inner,
-            EvalAltResult::ErrorRuntime(v, _) => return v.clone().try_cast::<StepFailed>().map(|s| s.0),
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+            | EvalAltResult::ErrorInModule(_, inner, _) => cur = inner,
+            EvalAltResult::ErrorRuntime(v, _) => {
+                return v.clone().try_cast::<StepFailed>().map(|s| s.0);
+            }
             _ => return None,
         }
     }

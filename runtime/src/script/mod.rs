@@ -5,6 +5,7 @@
 pub mod declare;
 pub mod engine;
 pub mod error;
+pub mod host_api;
 pub mod resolver;
 pub mod runtime;
 pub mod stdlib;

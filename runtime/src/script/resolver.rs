@@ -56,11 +56,16 @@ impl ModuleResolver for KilnResolver {
         path: &str,
         pos: Position,
     ) -> Result<Shared<Module>, Box<EvalAltResult>> {
-        if let Some(m) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        if let Some(m) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
             return Ok(m.clone());
         }
         let (name, text) = read_script(&self.project, path)
-            .map_err(|msg| Box::new(EvalAltResult::ErrorModuleNotFound(msg, pos)))?;
+            .map_err(|msg| Box::new(EvalAltResult::ErrorRuntime(msg.into(), pos)))?;
         self.sources
             .lock()
             .unwrap_or_else(|p| p.into_inner())

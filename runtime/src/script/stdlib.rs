@@ -7,6 +7,18 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../scripts/builders/ssh_host.rhai"),
     ),
     (
+        "builders/qemu",
+        include_str!("../../../scripts/builders/qemu.rhai"),
+    ),
+    (
+        "post/compress",
+        include_str!("../../../scripts/post/compress.rhai"),
+    ),
+    (
+        "post/vagrant",
+        include_str!("../../../scripts/post/vagrant.rhai"),
+    ),
+    (
         "post/checksum",
         include_str!("../../../scripts/post/checksum.rhai"),
     ),

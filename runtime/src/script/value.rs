@@ -110,7 +110,11 @@ pub fn to_json(v: &Dynamic) -> Result<serde_json::Value, String> {
     }
     if v.is_array() {
         let arr = v.clone().cast::<Array>();
-        return arr.iter().map(to_json).collect::<Result<Vec<_>, _>>().map(serde_json::Value::Array);
+        return arr
+            .iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map(serde_json::Value::Array);
     }
     rhai::serde::from_dynamic::<serde_json::Value>(v).map_err(|e| e.to_string())
 }
@@ -127,7 +131,10 @@ pub fn render(v: &Dynamic) -> String {
     }
     if v.is_map() {
         let map = v.clone().cast::<Map>();
-        let inner: Vec<String> = map.iter().map(|(k, x)| format!("{k}: {}", render(x))).collect();
+        let inner: Vec<String> = map
+            .iter()
+            .map(|(k, x)| format!("{k}: {}", render(x)))
+            .collect();
         return format!("#{{ {} }}", inner.join(", "));
     }
     if v.is_array() {
@@ -154,7 +161,10 @@ fn resolve_secrets(v: &Dynamic) -> Dynamic {
     }
     if v.is_map() {
         let map = v.clone().cast::<Map>();
-        let out: Map = map.into_iter().map(|(k, x)| (k, resolve_secrets(&x))).collect();
+        let out: Map = map
+            .into_iter()
+            .map(|(k, x)| (k, resolve_secrets(&x)))
+            .collect();
         return Dynamic::from_map(out);
     }
     v.clone()
@@ -179,6 +189,9 @@ mod tests {
         let mut m = Map::new();
         m.insert("memroy".into(), Dynamic::from(1_i64));
         let e = check_keys(&m, &["memory", "cpus"], "qemu config").unwrap_err();
-        assert_eq!(e, "unknown key `memroy` in qemu config; allowed keys: cpus, memory");
+        assert_eq!(
+            e,
+            "unknown key `memroy` in qemu config; allowed keys: cpus, memory"
+        );
     }
 }

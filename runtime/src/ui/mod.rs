@@ -172,7 +172,11 @@ impl Ui {
                 } else {
                     COLORS[color_index(build)]
                 };
-                let bold = if prefix.starts_with("==>") { "\x1b[1m" } else { "" };
+                let bold = if prefix.starts_with("==>") {
+                    "\x1b[1m"
+                } else {
+                    ""
+                };
                 text.push_str(&format!("{ts}{c}{bold}{p}{build}: {l}\x1b[0m"));
             } else {
                 text.push_str(&format!("{ts}{p}{build}: {l}"));
@@ -223,7 +227,10 @@ impl Ui {
 }
 
 fn color_index(build: &str) -> usize {
-    build.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize)) % COLORS.len()
+    build
+        .bytes()
+        .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize))
+        % COLORS.len()
 }
 
 /// A transfer's progress bar (no-op when hidden).

@@ -79,7 +79,7 @@ fn methods(set: &[MethodKind]) -> String {
         return "no further methods".into();
     }
     set.iter()
-        .map(|m| <&'static str>::from(m))
+        .map(<&'static str>::from)
         .collect::<Vec<_>>()
         .join(", ")
 }

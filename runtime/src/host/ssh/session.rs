@@ -520,13 +520,16 @@ impl Session {
         &self.inner.target
     }
 
-    pub(crate) async fn open_exec(&self, command: &str) -> Result<Channel<Msg>, SshError> {
-        let ch = self
-            .inner
+    pub(crate) async fn open_session_channel(&self) -> Result<Channel<Msg>, SshError> {
+        self.inner
             .handle
             .channel_open_session()
             .await
-            .map_err(|e| from_russh(self.target(), "opening a channel", e))?;
+            .map_err(|e| from_russh(self.target(), "opening a channel", e))
+    }
+
+    pub(crate) async fn open_exec(&self, command: &str) -> Result<Channel<Msg>, SshError> {
+        let ch = self.open_session_channel().await?;
         ch.exec(true, command.as_bytes())
             .await
             .map_err(|e| from_russh(self.target(), "starting a command", e))?;
