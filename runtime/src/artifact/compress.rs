@@ -129,16 +129,9 @@ pub fn compress_blocking(
         });
     }
     let level = level_for(format, options.level)?;
-    let threads = if options.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        options.threads
-    };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(output)
-        .map_err(|source| {
+    let threads = super::threads(options.threads);
+    let (file, id) =
+        super::create_output(output, "compressed file", cleanup).map_err(|source| {
             if source.kind() == io::ErrorKind::AlreadyExists {
                 CompressError::Exists {
                     path: output.to_path_buf(),
@@ -152,18 +145,6 @@ pub fn compress_blocking(
             }
         })?;
     let out_path = output.to_path_buf();
-    let undo_path = out_path.clone();
-    let id = cleanup.push(
-        format!("compressed file {}", output.display()),
-        move || async move {
-            match tokio::fs::remove_file(&undo_path).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(anyhow::anyhow!("removing {}: {e}", undo_path.display()))
-                }
-                _ => Ok(()),
-            }
-        },
-    );
     let started = std::time::Instant::now();
     let result = write_all(format, inputs, file, level, threads, progress);
     match result {

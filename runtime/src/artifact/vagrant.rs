@@ -133,43 +133,23 @@ pub async fn libvirt_box(
         .vagrantfile
         .clone()
         .unwrap_or_else(|| default_vagrantfile(options.driver));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(output)
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::AlreadyExists {
-                VagrantError::Exists {
-                    path: output.to_path_buf(),
-                }
-            } else {
-                VagrantError::Io {
-                    what: "cannot create",
-                    path: output.to_path_buf(),
-                    source,
-                }
+    let (file, id) = super::create_output(output, "vagrant box", cleanup).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            VagrantError::Exists {
+                path: output.to_path_buf(),
             }
-        })?;
+        } else {
+            VagrantError::Io {
+                what: "cannot create",
+                path: output.to_path_buf(),
+                source,
+            }
+        }
+    })?;
     let out_path = output.to_path_buf();
-    let undo_path = out_path.clone();
-    let id = cleanup.push(
-        format!("vagrant box {}", output.display()),
-        move || async move {
-            match tokio::fs::remove_file(&undo_path).await {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(anyhow::anyhow!("removing {}: {e}", undo_path.display()))
-                }
-                _ => Ok(()),
-            }
-        },
-    );
     let disk = disk.to_path_buf();
     let level = options.compression_level;
-    let threads = if options.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        options.threads
-    };
+    let threads = super::threads(options.threads);
     let written = tokio::task::spawn_blocking(move || {
         write_box(file, &disk, gib, &vagrantfile, level, threads, &*progress)
     })

@@ -161,7 +161,8 @@ fn run_one(
     }
 }
 
-fn resolve_env(step: &StepSpec) -> Vec<(String, String)> {
+/// The step's `env`, with secrets resolved (inside the host, at the last moment).
+pub fn resolve_env(step: &StepSpec) -> Vec<(String, String)> {
     step.options
         .env
         .iter()

@@ -80,25 +80,24 @@ pub fn run(
         http: g.http.clone(),
         ..Default::default()
     };
+    // Each granted directory becomes a preopen at the same path the script wrote,
+    // opened through the grant (so it cannot name anything outside it).
+    let preopen = |dir: &String, d: cap_std::fs::Dir| Preopen {
+        dir: d,
+        guest_path: dir.clone(),
+        label: dir.clone(),
+    };
     for dir in &g.read {
         let d = project
             .open_dir_read(scope, dir)
             .map_err(|e| format!("allow.read {dir:?}: {e}"))?;
-        grants.read.push(Preopen {
-            dir: d,
-            guest_path: dir.clone(),
-            label: dir.clone(),
-        });
+        grants.read.push(preopen(dir, d));
     }
     for dir in &g.write {
         let d = project
             .open_dir_write(scope, dir)
             .map_err(|e| format!("allow.write {dir:?}: {e}"))?;
-        grants.write.push(Preopen {
-            dir: d,
-            guest_path: dir.clone(),
-            label: dir.clone(),
-        });
+        grants.write.push(preopen(dir, d));
     }
     let mut limits = WasmLimits::default();
     if let Some(m) = step.options.memory {
@@ -112,18 +111,7 @@ pub fn run(
         scope: scope.clone(),
         ui: rt.ui.clone(),
         label: rt.label.clone(),
-        env: step
-            .options
-            .env
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    crate::plan::EnvValue::Plain(s) => s.clone(),
-                    crate::plan::EnvValue::Secret(s) => s.value().to_string(),
-                };
-                (k.clone(), v)
-            })
-            .collect(),
+        env: super::steps::resolve_env(step),
     });
     let started = Instant::now();
     let result = rt.block_on(provisioner.run(config_json, grants, limits, host))?;

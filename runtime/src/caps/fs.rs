@@ -118,13 +118,36 @@ impl Project {
         p.strip_prefix(r).unwrap_or(p)
     }
 
+    /// Checks `cap` for `path`, opens the granted root it falls under (creating it
+    /// for writes), and returns that root with `path` relative to it. Every file
+    /// operation below goes through here, so all of them are confined the same way.
+    fn granted<'a>(
+        &self,
+        scope: &Scope,
+        cap: &Capability,
+        path: &'a str,
+    ) -> Result<(Dir, &'a Path), FsError> {
+        scope.check(cap, "")?;
+        let root_name = match cap {
+            Capability::FsWrite(_) => {
+                let root = scope.grants().write_root_for(path).unwrap_or(".");
+                if !Path::new(root).is_absolute() {
+                    self.root
+                        .create_dir_all(root)
+                        .map_err(|e| FsError::io(root, e))?;
+                }
+                root
+            }
+            _ => scope.grants().read_root_for(path).unwrap_or("."),
+        };
+        let root = self.open_root(root_name)?;
+        Ok((root, Self::locate(root_name, path)))
+    }
+
     /// Opens a file for reading if `scope` may read it.
     pub fn open_read(&self, scope: &Scope, path: &str) -> Result<File, FsError> {
         let cap = Capability::FsRead(path.to_string());
-        scope.check(&cap, "")?;
-        let root_name = scope.grants().read_root_for(path).unwrap_or(".");
-        let root = self.open_root(root_name)?;
-        let rel = Self::locate(root_name, path);
+        let (root, rel) = self.granted(scope, &cap, path)?;
         let result = root.open(rel).map_err(|e| FsError::io(path, e));
         scope.record(&cap, "open", outcome(&result), 0.0);
         result
@@ -133,10 +156,7 @@ impl Project {
     /// Opens a directory for reading (a `file` step uploading a tree).
     pub fn open_dir_read(&self, scope: &Scope, path: &str) -> Result<Dir, FsError> {
         let cap = Capability::FsRead(path.to_string());
-        scope.check(&cap, "")?;
-        let root_name = scope.grants().read_root_for(path).unwrap_or(".");
-        let root = self.open_root(root_name)?;
-        let rel = Self::locate(root_name, path);
+        let (root, rel) = self.granted(scope, &cap, path)?;
         let result = if rel.as_os_str().is_empty() {
             Ok(root)
         } else {
@@ -149,10 +169,7 @@ impl Project {
     /// Is `path` a directory (through the same confinement as reading it)?
     pub fn is_dir(&self, scope: &Scope, path: &str) -> Result<bool, FsError> {
         let cap = Capability::FsRead(path.to_string());
-        scope.check(&cap, "")?;
-        let root_name = scope.grants().read_root_for(path).unwrap_or(".");
-        let root = self.open_root(root_name)?;
-        let rel = Self::locate(root_name, path);
+        let (root, rel) = self.granted(scope, &cap, path)?;
         if rel.as_os_str().is_empty() {
             return Ok(true);
         }
@@ -165,13 +182,7 @@ impl Project {
     /// parent directories under the granted root.
     pub fn create(&self, scope: &Scope, path: &str) -> Result<File, FsError> {
         let cap = Capability::FsWrite(path.to_string());
-        scope.check(&cap, "")?;
-        let root_name = scope.grants().write_root_for(path).unwrap_or(".");
-        self.root
-            .create_dir_all(root_name)
-            .map_err(|e| FsError::io(root_name, e))?;
-        let root = self.open_root(root_name)?;
-        let rel = Self::locate(root_name, path);
+        let (root, rel) = self.granted(scope, &cap, path)?;
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
             root.create_dir_all(parent)
                 .map_err(|e| FsError::io(path, e))?;
@@ -186,13 +197,7 @@ impl Project {
     /// Creates (if needed) and opens a directory for writing under a write grant.
     pub fn open_dir_write(&self, scope: &Scope, path: &str) -> Result<Dir, FsError> {
         let cap = Capability::FsWrite(path.to_string());
-        scope.check(&cap, "")?;
-        let root_name = scope.grants().write_root_for(path).unwrap_or(".");
-        self.root
-            .create_dir_all(root_name)
-            .map_err(|e| FsError::io(root_name, e))?;
-        let root = self.open_root(root_name)?;
-        let rel = Self::locate(root_name, path);
+        let (root, rel) = self.granted(scope, &cap, path)?;
         let result = if rel.as_os_str().is_empty() {
             Ok(root)
         } else {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Scope};
 
 use super::error::{Sources, runtime_err};
-use super::resolver::read_script;
+use super::resolver::{compile_source, read_script};
 use super::stdlib;
 use super::value;
 use crate::caps::{Grants, Project};
@@ -58,18 +58,7 @@ impl Library {
         };
         let (name, text) = read_script(&self.project, &import_path)
             .map_err(|m| runtime_err(m, rhai::Position::NONE))?;
-        self.sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(&name, &text);
-        let mut ast = engine.compile(&text).map_err(|e| {
-            Box::new(EvalAltResult::ErrorInModule(
-                name.clone(),
-                Box::new(e.into()),
-                rhai::Position::NONE,
-            ))
-        })?;
-        ast.set_source(name.as_str());
+        let ast = compile_source(engine, &self.sources, &name, &text, rhai::Position::NONE)?;
         let ast = Arc::new(ast);
         self.cache
             .lock()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
 
 use super::error::runtime_err;
-use super::runtime::Ctx;
+use super::runtime::{Ctx, block};
 use super::value;
 use crate::build::context::BuildRt;
 use crate::caps::{Capability, Scope};
@@ -26,19 +26,6 @@ pub struct VmObj {
 
 fn err(ctx: &NativeCallContext, msg: impl std::fmt::Display) -> Box<EvalAltResult> {
     runtime_err(msg.to_string(), ctx.call_position())
-}
-
-fn block<F: std::future::Future>(
-    ctx: &NativeCallContext,
-    rt: &BuildRt,
-    f: F,
-) -> RhaiResult<F::Output> {
-    rt.block_on(f).map_err(|reason| {
-        Box::new(EvalAltResult::ErrorTerminated(
-            Dynamic::from(reason),
-            ctx.call_position(),
-        ))
-    })
 }
 
 fn need(ctx: &NativeCallContext, scope: &Scope, cap: Capability, detail: &str) -> RhaiResult<()> {

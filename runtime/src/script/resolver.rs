@@ -48,6 +48,30 @@ pub fn read_script(project: &Project, path: &str) -> Result<(String, String), St
         .map_err(|e| format!("cannot import {file:?} from the project: {e}"))
 }
 
+/// Compiles one script, registering its text for error messages and naming it as
+/// the AST's source so errors point into the right file.
+pub fn compile_source(
+    engine: &Engine,
+    sources: &Mutex<Sources>,
+    name: &str,
+    text: &str,
+    pos: Position,
+) -> Result<rhai::AST, Box<EvalAltResult>> {
+    sources
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add(name, text);
+    let mut ast = engine.compile(text).map_err(|e| {
+        Box::new(EvalAltResult::ErrorInModule(
+            name.to_string(),
+            Box::new(e.into()),
+            pos,
+        ))
+    })?;
+    ast.set_source(name);
+    Ok(ast)
+}
+
 impl ModuleResolver for KilnResolver {
     fn resolve(
         &self,
@@ -66,18 +90,7 @@ impl ModuleResolver for KilnResolver {
         }
         let (name, text) = read_script(&self.project, path)
             .map_err(|msg| Box::new(EvalAltResult::ErrorRuntime(msg.into(), pos)))?;
-        self.sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(&name, &text);
-        let mut ast = engine.compile(&text).map_err(|e| {
-            Box::new(EvalAltResult::ErrorInModule(
-                name.clone(),
-                Box::new(e.into()),
-                pos,
-            ))
-        })?;
-        ast.set_source(name.as_str());
+        let ast = compile_source(engine, &self.sources, &name, &text, pos)?;
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine)
             .map_err(|e| Box::new(EvalAltResult::ErrorInModule(name.clone(), e, pos)))?;
         let module: Shared<Module> = module.into();

@@ -54,7 +54,7 @@ fn fail<T>(ctx: &NativeCallContext, msg: impl Into<String>) -> RhaiResult<T> {
 }
 
 /// Host waits end early when the build is cancelled; say why.
-fn block<F: std::future::Future>(
+pub(crate) fn block<F: std::future::Future>(
     ctx: &NativeCallContext,
     rt: &BuildRt,
     f: F,
