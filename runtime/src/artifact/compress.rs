@@ -17,8 +17,9 @@ use std::thread::JoinHandle;
 use crate::build::cleanup::{CleanupId, CleanupStack};
 
 /// Input bytes per gzip member: large enough that the per-member dictionary reset
-/// costs <0.1% in size, small enough to keep every core busy on a few MiB.
-const GZ_BLOCK: usize = 4 << 20;
+/// costs <0.1% in size, small enough that the blocks in flight (threads + 1, input
+/// and output) stay a few MiB: 4 MiB blocks made kiln's peak RSS 53 MB, 1 MiB 29 MB.
+const GZ_BLOCK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompressError {

@@ -44,15 +44,7 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 /// Where compiled components go when the caller does not say:
 /// `$KILN_CACHE_DIR/wasm`, else `$XDG_CACHE_HOME/kiln/wasm`, else `~/.cache/kiln/wasm`.
 pub(crate) fn default_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("KILN_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("wasm"));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("kiln").join("wasm"));
-    }
-    std::env::var_os("HOME")
-        .filter(|d| !d.is_empty())
-        .map(|h| PathBuf::from(h).join(".cache").join("kiln").join("wasm"))
+    crate::cache_dir().map(|d| d.join("wasm"))
 }
 
 pub(crate) struct DiskCache {

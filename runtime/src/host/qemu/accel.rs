@@ -141,14 +141,83 @@ pub async fn probe_accelerator(choice: Accelerator) -> Result<Accel, QemuError> 
 async fn kvm_verdict() -> Result<KvmVerdict, QemuError> {
     KVM_VERDICT
         .get_or_try_init(|| async {
+            if let Some(v) = cached_verdict() {
+                return Ok(v);
+            }
             let started = Instant::now();
             let v = judge_kvm().await?;
             tracing::debug!(usable = v.usable, reason = %v.reason,
                 ms = started.elapsed().as_millis() as u64, "KVM probe");
+            store_verdict(&v);
             Ok(v)
         })
         .await
         .cloned()
+}
+
+/// What the verdict depends on: this boot of the host (KVM modules, CPU flags and
+/// nesting cannot change without a reboot) and the qemu binary.
+fn verdict_key() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let qemu = which(&qemu_binary())?;
+    let meta = std::fs::metadata(&qemu).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(format!(
+        "{} {} {} {mtime}",
+        boot.trim(),
+        qemu.display(),
+        meta.len()
+    ))
+}
+
+fn which(bin: &Path) -> Option<std::path::PathBuf> {
+    if bin.components().count() > 1 {
+        return Some(bin.to_path_buf());
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+fn verdict_file() -> Option<std::path::PathBuf> {
+    crate::cache_dir().map(|d| d.join("kvm-probe.json"))
+}
+
+/// A verdict probed earlier in this boot, so every build does not pay the probe.
+fn cached_verdict() -> Option<KvmVerdict> {
+    let text = std::fs::read_to_string(verdict_file()?).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if v["key"].as_str()? != verdict_key()? {
+        return None;
+    }
+    Some(KvmVerdict {
+        usable: v["usable"].as_bool()?,
+        reason: format!("{} (probed earlier this boot)", v["reason"].as_str()?),
+    })
+}
+
+fn store_verdict(v: &KvmVerdict) {
+    let (Some(file), Some(key)) = (verdict_file(), verdict_key()) else {
+        return;
+    };
+    let doc = serde_json::json!({ "key": key, "usable": v.usable, "reason": v.reason });
+    let tmp = file.with_extension("json.tmp");
+    let written = file
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::write(&tmp, doc.to_string()))
+        .and_then(|_| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        tracing::debug!("cannot cache the KVM verdict in {}: {e}", file.display());
+    }
 }
 
 async fn judge_kvm() -> Result<KvmVerdict, QemuError> {
