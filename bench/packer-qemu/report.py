@@ -208,6 +208,12 @@ def main():
                       ("Packer `file` provisioner", col(P, "upload_MBps")),
                       ("kiln `file` step", col(K, "upload_MBps"))):
         print(f"| {label} | {fmt(xs)} | {k_up / med(xs):.2f}× |" if xs else f"| {label} | – | – |")
+    per_round = len(scp_sftp) // max(len(K), 1)
+    if per_round and len(scp_sftp) == per_round * len(K) and len(scp.get("scp_vm_boot_to_ssh_s", [])) == len(K):
+        # run.sh boots one scp VM per round: pair each kiln build with its round's scp.
+        paired = [k["upload_MBps"] / med(scp_sftp[i * per_round:(i + 1) * per_round]) for i, k in enumerate(K)]
+        print("\nkiln upload / `scp` per round (same round): "
+              + ", ".join(f"{x:.2f}×" for x in paired) + f"; median {med(paired):.2f}×.")
     if "scp_vm_boot_to_ssh_s" in scp:
         print(f"\nPlain qemu boot → first `ssh true` (0.1 s polling, same VM): {fmt(scp['scp_vm_boot_to_ssh_s'])} s.")
 

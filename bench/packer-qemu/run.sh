@@ -5,9 +5,9 @@
 # ratios and writes it, with every raw log, to $BENCH_DIR/results/<UTC stamp>/.
 #
 #   sudo bench/packer-qemu/run.sh --setup   # once per machine: qemu, packer, base image
-#   sudo bench/packer-qemu/run.sh           # RUNS=3 takes ~6 min on 2 cores under TCG
+#   sudo bench/packer-qemu/run.sh           # RUNS=3 takes ~8 min on 2 cores under TCG
 #
-# Env: RUNS (default 3), SCP_RUNS (3), PACKER_ACCEL (tcg: Packer trusts any /dev/kvm
+# Env: RUNS (default 3), SCP_RUNS (scp copies per mode per round, default 1), PACKER_ACCEL (tcg: Packer trusts any /dev/kvm
 #      that opens and hangs on this kind of host), KILN_ACCEL (auto: kiln probes),
 #      BENCH_DIR (/var/tmp/kiln-bench/packer-qemu), KILN_BASE_DIR (/var/tmp/kiln-base),
 #      KILN_BIN (default: target/release/kiln, built with `cargo build --release`),
@@ -16,7 +16,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 RUNS=${RUNS:-3}
-SCP_RUNS=${SCP_RUNS:-3}
+SCP_RUNS=${SCP_RUNS:-1}
 PACKER_ACCEL=${PACKER_ACCEL:-tcg}
 KILN_ACCEL=${KILN_ACCEL:-auto}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/kiln-bench/packer-qemu}
@@ -90,7 +90,7 @@ cat "$RES/versions.txt" >&2
 SSHO=(-q -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
       -o LogLevel=ERROR -i "$KEY")
 
-# ---- plain scp baseline ---------------------------------------------------------------
+# ---- plain scp baseline (one VM per round) ------------------------------------------------
 # The VM is started with the arguments both builders use (pc machine, qemu64 CPU under
 # TCG, 1 vCPU, 512 MiB, virtio disk on a throw-away overlay, virtio-net user networking
 # forwarding SSH on 127.0.0.1), so only the client differs.
@@ -103,24 +103,25 @@ stop_vm() {
 }
 trap stop_vm EXIT
 
-if [ "${SKIP_SCP:-0}" != 1 ]; then
+scp_baseline() {
+  local i=$1 PORT t0 t1 deadline mode extra n
   PORT=$(free_port)
-  log "plain scp: booting base.qcow2 (-snapshot, $PACKER_ACCEL, 1 vCPU, 512M) on 127.0.0.1:$PORT"
+  log "round $i: plain scp: booting base.qcow2 (-snapshot, $PACKER_ACCEL, 1 vCPU, 512M) on 127.0.0.1:$PORT"
   t0=$(date +%s.%N)
   qemu-system-x86_64 -machine "type=pc,accel=$PACKER_ACCEL" -cpu qemu64 -m 512M -smp 1 \
     -drive "file=$BASE,if=virtio,cache=writeback,format=qcow2" -snapshot \
     -netdev "user,id=user.0,hostfwd=tcp:127.0.0.1:$PORT-:22" -device virtio-net,netdev=user.0 \
-    -display none -serial "file:$RES/scp-vm.serial.log" -boot c > "$RES/scp-vm.qemu.log" 2>&1 &
+    -display none -serial "file:$RES/scp-vm-$i.serial.log" -boot c > "$RES/scp-vm-$i.qemu.log" 2>&1 &
   QPID=$!
   deadline=$(( $(date +%s) + 600 ))
   until ssh "${SSHO[@]}" -o ConnectTimeout=2 -p "$PORT" root@127.0.0.1 true 2>/dev/null; do
-    kill -0 "$QPID" 2>/dev/null || die "the scp VM's qemu died: $(cat "$RES/scp-vm.qemu.log")"
-    [ "$(date +%s)" -lt "$deadline" ] || die "the scp VM did not answer SSH in 600 s (serial: $RES/scp-vm.serial.log)"
+    kill -0 "$QPID" 2>/dev/null || die "the scp VM's qemu died: $(cat "$RES/scp-vm-$i.qemu.log")"
+    [ "$(date +%s)" -lt "$deadline" ] || die "the scp VM did not answer SSH in 600 s (serial: $RES/scp-vm-$i.serial.log)"
     sleep 0.1
   done
   t1=$(date +%s.%N)
-  printf 'scp_vm_boot_to_ssh_s\t%s\n' "$(echo "$t1 - $t0" | bc -l)" > "$RES/scp.tsv"
-  for i in $(seq "$SCP_RUNS"); do
+  printf 'scp_vm_boot_to_ssh_s\t%s\n' "$(echo "$t1 - $t0" | bc -l)" >> "$RES/scp.tsv"
+  for n in $(seq "$SCP_RUNS"); do
     # OpenSSH 9.2's default (SFTP protocol, chacha20-poly1305 here) is the baseline;
     # -O is the legacy SCP protocol Packer speaks, for reference.
     for mode in sftp legacy; do
@@ -132,10 +133,10 @@ if [ "${SKIP_SCP:-0}" != 1 ]; then
       ssh "${SSHO[@]}" -p "$PORT" root@127.0.0.1 rm -f /root/scp.bin
     done
   done
-  ssh "${SSHO[@]}" -p "$PORT" root@127.0.0.1 'ssh -V 2>&1; grep -m1 "^flags" /proc/cpuinfo' > "$RES/scp-vm.guest.txt" 2>&1 || true
+  [ -f "$RES/scp-vm.guest.txt" ] || ssh "${SSHO[@]}" -p "$PORT" root@127.0.0.1 \
+    'ssh -V 2>&1; grep -m1 "^flags" /proc/cpuinfo' > "$RES/scp-vm.guest.txt" 2>&1 || true
   stop_vm
-  log "scp: $(tr '\n' ' ' < "$RES/scp.tsv")"
-fi
+}
 
 # ---- the builds, alternating --------------------------------------------------------------
 export PACKER_CACHE_DIR="$BENCH_DIR/packer_cache"   # else ./packer_cache in the CWD
@@ -164,10 +165,22 @@ kiln_build() {
   cp "$PROJ/out/manifest.json" "$d/" 2>/dev/null || true
 }
 
+: > "$RES/scp.tsv"
 for i in $(seq "$RUNS"); do
-  # Who goes first flips every round, so a drift in machine load hits both tools.
-  if [ $((i % 2)) = 1 ]; then packer_build "$i"; kiln_build "$i"
-  else kiln_build "$i"; packer_build "$i"; fi
+  # The order rotates every round (and the scp baseline runs in every round, not once),
+  # so a drift in machine load hits the two tools and the baseline alike.
+  case $((i % 3)) in
+    1) order=(packer kiln scp) ;;
+    2) order=(kiln scp packer) ;;
+    0) order=(scp packer kiln) ;;
+  esac
+  for what in "${order[@]}"; do
+    case $what in
+      packer) packer_build "$i" ;;
+      kiln) kiln_build "$i" ;;
+      scp) [ "${SKIP_SCP:-0}" = 1 ] || scp_baseline "$i" ;;
+    esac
+  done
 done
 rm -rf "$PROJ/out"
 

@@ -222,6 +222,46 @@ async fn closed_port_fails_within_timeout_saying_refused() {
     assert!(err.to_string().contains("connection refused"), "{err}");
 }
 
+/// What QEMU's user networking looks like while the guest boots: the host port accepts
+/// at once, then nothing is said on connections made before the guest's sshd is up.
+/// kiln must drop a silent connection and dial again, not wait on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_port_is_redialled_until_the_server_answers() {
+    let sshd = Sshd::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ready_at = Instant::now() + Duration::from_secs(3);
+    let upstream = sshd.port;
+    let proxy = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            if Instant::now() < ready_at {
+                held.push(conn); // accepted, never answered, never closed
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+            });
+        }
+    });
+    let c = SshConfig {
+        port: Some(port),
+        ..cfg(&sshd)
+    };
+    let t = Instant::now();
+    let s = connect(&sshd, &c).await.expect("connect through the proxy");
+    let took = t.elapsed();
+    proxy.abort();
+    assert_eq!(run(&s, "echo ok").await.trim(), "ok");
+    // Ready after 3 s; a 2 s banner wait plus backoff must see it well before one
+    // long handshake attempt (20 s) would have given up.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_rejected_within_timeout_says_so() {
     let sshd = Sshd::start();

@@ -24,6 +24,13 @@ const MAX_PACKET: u32 = 65535;
 /// One attempt (TCP + handshake + auth) never waits longer than this, so a stalled banner
 /// from a half-booted machine is retried instead of eating the whole timeout.
 const ATTEMPT_CAP: Duration = Duration::from_secs(20);
+/// How long a fresh TCP connection may stay silent before we drop it and dial again.
+/// An SSH server sends its banner as soon as it accepts, so silence means nobody is
+/// behind the port yet. QEMU's user networking accepts at once on the host side while
+/// its own connection to a still-booting guest sits in TCP's retry backoff (1, 3, 7,
+/// 15 s...); a new connection restarts that at once, so readiness is seen within a
+/// few seconds instead of up to 20.
+const BANNER_WAIT: Duration = Duration::from_secs(2);
 /// Captured output per stream is bounded; the tail is kept (that is where errors are).
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
 /// A "line" without a newline is cut here so a binary blob cannot grow memory unboundedly.
@@ -121,6 +128,9 @@ struct Prepared {
     policy: Arc<HostKeyPolicy>,
     tofu: Arc<Mutex<Option<String>>>,
     config: Arc<client::Config>,
+    /// Consecutive silent connections; the banner wait grows with it so a server that is
+    /// merely slow (overloaded, high latency) is still reached.
+    silent: std::sync::atomic::AtomicU32,
 }
 
 impl Prepared {
@@ -163,6 +173,7 @@ impl Prepared {
             policy: Arc::new(policy),
             tofu: Arc::default(),
             config,
+            silent: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -219,6 +230,33 @@ impl Prepared {
             })?;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay failed: {e}");
+        }
+        // Peek, not read: russh then reads the banner itself.
+        use std::sync::atomic::Ordering;
+        let silent = self.silent.load(Ordering::Relaxed);
+        let wait = (BANNER_WAIT * (1 << (silent / 5).min(4))).min(ATTEMPT_CAP);
+        let mut first = [0u8; 4];
+        match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => self.silent.store(0, Ordering::Relaxed),
+            Ok(Ok(_)) => {
+                return Err(SshError::Disconnected {
+                    target,
+                    detail: "the connection closed before the SSH banner (not ready yet)".into(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(SshError::Unreachable {
+                    target,
+                    detail: e.to_string(),
+                });
+            }
+            Err(_) => {
+                self.silent.fetch_add(1, Ordering::Relaxed);
+                return Err(SshError::HandshakeTimeout {
+                    target,
+                    after: wait,
+                });
+            }
         }
         self.establish(stream).await
     }
