@@ -5,9 +5,9 @@
 # ratios and writes it, with every raw log, to $BENCH_DIR/results/<UTC stamp>/.
 #
 #   sudo bench/packer-qemu/run.sh --setup   # once per machine: qemu, packer, base image
-#   sudo bench/packer-qemu/run.sh           # RUNS=3 takes ~8 min on 2 cores under TCG
+#   sudo bench/packer-qemu/run.sh           # RUNS=3 takes ~10 min on 2 cores under TCG
 #
-# Env: RUNS (default 3), SCP_RUNS (scp copies per mode per round, default 1), PACKER_ACCEL (tcg: Packer trusts any /dev/kvm
+# Env: RUNS (default 3), SKIP_KILN_SSH (1: skip the uploads-over-SSH kiln variant), SCP_RUNS (scp copies per mode per round, default 1), PACKER_ACCEL (tcg: Packer trusts any /dev/kvm
 #      that opens and hangs on this kind of host), KILN_ACCEL (auto: kiln probes),
 #      BENCH_DIR (/var/tmp/kiln-bench/packer-qemu), KILN_BASE_DIR (/var/tmp/kiln-base),
 #      KILN_BIN (default: target/release/kiln, built with `cargo build --release`),
@@ -154,12 +154,17 @@ packer_build() {
   rm -rf "$out"   # ~900 MB per round
 }
 
+# kiln's default (file_transfer "auto": the 200 MiB file goes in as a hot-plugged disk)
+# and, as "kiln-ssh", the same build with every upload over SSH.
 kiln_build() {
-  local i=$1 d="$RES/kiln-$i" rc=0
-  log "round $i: kiln build"
+  local i=$1 variant=${2:-kiln} transfer=auto rc=0
+  local d="$RES/$variant-$i"
+  [ "$variant" = kiln-ssh ] && transfer=ssh
+  log "round $i: kiln build (file_transfer=$transfer)"
   rm -rf "$PROJ/out" "$PROJ/.kiln"
   (cd "$BENCH_DIR" && python3 "$HERE/monitor.py" "$d" -- "$KILN" build --machine-readable --force \
-      --var "base_dir=$BASE_DIR" --var "accelerator=$KILN_ACCEL" "$PROJ") || rc=$?
+      --var "base_dir=$BASE_DIR" --var "accelerator=$KILN_ACCEL" --var "file_transfer=$transfer" \
+      "$PROJ") || rc=$?
   [ "$rc" = 0 ] || { grep -v '"output"' "$d/stdout.tsv" | tail -20 >&2; die "kiln build failed (rc $rc), logs in $d"; }
   stat -c '%n %s' "$PROJ/out/image/bench.qcow2" "$PROJ/out/bench.qcow2.tar.gz" > "$d/outputs.txt"
   cp "$PROJ/out/manifest.json" "$d/" 2>/dev/null || true
@@ -169,15 +174,17 @@ kiln_build() {
 for i in $(seq "$RUNS"); do
   # The order rotates every round (and the scp baseline runs in every round, not once),
   # so a drift in machine load hits the two tools and the baseline alike.
-  case $((i % 3)) in
-    1) order=(packer kiln scp) ;;
-    2) order=(kiln scp packer) ;;
-    0) order=(scp packer kiln) ;;
+  case $((i % 4)) in
+    1) order=(packer kiln kiln-ssh scp) ;;
+    2) order=(kiln kiln-ssh scp packer) ;;
+    3) order=(kiln-ssh scp packer kiln) ;;
+    0) order=(scp packer kiln kiln-ssh) ;;
   esac
   for what in "${order[@]}"; do
     case $what in
       packer) packer_build "$i" ;;
-      kiln) kiln_build "$i" ;;
+      kiln) kiln_build "$i" kiln ;;
+      kiln-ssh) [ "${SKIP_KILN_SSH:-0}" = 1 ] || kiln_build "$i" kiln-ssh ;;
       scp) [ "${SKIP_SCP:-0}" = 1 ] || scp_baseline "$i" ;;
     esac
   done

@@ -131,7 +131,7 @@ build("web", #{
     assert!(audit.contains("\"capability\":\"ssh.connect\""), "{audit}");
 }
 
-fn find_audit(project: &Path) -> String {
+pub fn find_audit(project: &Path) -> String {
     let runs = project.join(".kiln/runs");
     let mut out = String::new();
     for e in std::fs::read_dir(&runs).unwrap_or_else(|e| panic!("{}: {e}", runs.display())) {

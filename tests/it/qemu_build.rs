@@ -360,3 +360,77 @@ fn forcing_kvm_here_fails_fast_with_the_reason() {
     );
     assert_nothing_left(&p, &all);
 }
+
+/// Files of 16 MiB and more go into kiln's own VM as a hot-plugged read-only disk;
+/// when the guest cannot copy from it (here: `dd` made to fail) the same upload goes
+/// over SSH, and the content and mode are the same either way.
+#[test]
+fn large_uploads_take_a_virtio_disk_and_fall_back_to_ssh() {
+    let _vm = VM_LOCK.blocking_lock();
+    let (image, key) = base_image();
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("keys")).unwrap();
+    std::fs::copy(&key, p.path().join("keys/id_ed25519")).unwrap();
+    // Not a whole number of sectors: the guest must stop at the file's last byte.
+    let mut data = vec![0u8; (20 << 20) + 123];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big = p.path().join("big.bin");
+    std::fs::write(&big, &data).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let want = sha256(&big);
+    let script = format!(
+        r#"
+source("vm", qemu(#{{
+    disk_image: "{image}", memory: 512,
+    ssh: #{{ user: "root", private_key_file: "keys/id_ed25519", timeout: "5m" }},
+    shutdown_command: "systemctl poweroff", output_directory: "out",
+}}), #{{ allow: #{{ read: [".", "{dir}"] }} }});
+build("b", #{{ sources: ["vm"], steps: [
+    file("big.bin", "/root/one.bin"),
+    shell(["mount --bind /bin/false /usr/bin/dd"]),
+    file("big.bin", "/root/two.bin"),
+    shell([
+        "umount /usr/bin/dd",
+        "sha256sum /root/one.bin /root/two.bin | sed 's/^/SUM /'",
+        "stat -c 'MODE %a %s' /root/one.bin /root/two.bin",
+        "echo DISKS $(ls /sys/block | grep -c '^vd')",
+    ]),
+]}});
+"#,
+        image = image.display(),
+        dir = image.parent().unwrap().display(),
+    );
+    p.write("build.rhai", &script);
+    let out = p.kiln(&["build", "."]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let uploads: Vec<&str> = all.lines().filter(|l| l.contains("Uploaded ")).collect();
+    assert_eq!(uploads.len(), 2, "{all}");
+    assert!(uploads[0].contains("via a virtio disk"), "{all}");
+    assert!(!uploads[1].contains("virtio"), "{all}");
+    let sums: Vec<&str> = all.lines().filter_map(|l| l.split("SUM ").nth(1)).collect();
+    assert_eq!(sums.len(), 2, "{all}");
+    for s in sums {
+        assert!(
+            s.starts_with(&want),
+            "content differs: {s} vs {want}\n{all}"
+        );
+    }
+    let size = data.len();
+    assert_eq!(
+        all.matches(&format!("MODE 640 {size}")).count(),
+        2,
+        "mode or size differs\n{all}"
+    );
+    // The transfer disk was unplugged again: only the system disk is left.
+    assert!(all.contains("DISKS 1"), "{all}");
+    let audit = crate::cli::find_audit(p.path());
+    assert!(audit.contains("bytes via a virtio disk)"), "{audit}");
+}

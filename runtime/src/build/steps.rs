@@ -9,7 +9,7 @@ use rhai::{Dynamic, Engine};
 
 use super::context::BuildRt;
 use crate::caps::{Capability, Scope};
-use crate::host::machine::Machine;
+use crate::host::machine::{Machine, UploadPath};
 use crate::host::ssh::{ExecOutput, SshError, Stream};
 use crate::plan::{EnvValue, StepKind, StepSpec};
 use crate::script::runtime::MachineObj;
@@ -336,7 +336,8 @@ pub fn upload(
         let r = rt
             .block_on(async {
                 let session = machine.session().await;
-                session.upload_tree(&dir, dest, &|n| bar.set(n)).await
+                let n = session.upload_tree(&dir, dest, &|n| bar.set(n)).await?;
+                Ok((n, UploadPath::Ssh))
             })
             .map_err(StepFailure::new)?;
         bar.finish();
@@ -355,8 +356,7 @@ pub fn upload(
         let bar = rt.ui.progress(&rt.label, src, size);
         let r = rt
             .block_on(async {
-                let session = machine.session().await;
-                session
+                machine
                     .upload_file(&file, dest, mode, &|n| bar.set(n))
                     .await
             })
@@ -366,11 +366,15 @@ pub fn upload(
     };
     let secs = start.elapsed().as_secs_f64();
     match &result {
-        Ok(bytes) => {
+        Ok((bytes, path)) => {
+            let via = match path {
+                UploadPath::Ssh => "",
+                UploadPath::VirtioDisk => " via a virtio disk",
+            };
             scope.record(
                 &Capability::Machine,
                 &format!("upload {src} => {dest}"),
-                &format!("ok ({bytes} bytes)"),
+                &format!("ok ({bytes} bytes{via})"),
                 secs * 1000.0,
             );
             let rate = if secs > 0.0 {
@@ -381,7 +385,7 @@ pub fn upload(
             rt.ui.message(
                 &rt.label,
                 &format!(
-                    "Uploaded {} in {secs:.1}s ({rate:.1} MB/s)",
+                    "Uploaded {} in {secs:.1}s ({rate:.1} MB/s){via}",
                     human_bytes(*bytes)
                 ),
             );

@@ -215,10 +215,9 @@ impl GuestHost for MachineGuest {
         self.check(&Capability::Machine, &detail)?;
         let r = self
             .machine
-            .session()
-            .await
             .upload_file(&source, &guest_path, mode, &|_| {})
-            .await;
+            .await
+            .map(|(n, _)| n);
         self.scope.record(
             &Capability::Machine,
             &detail,

@@ -20,7 +20,7 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 /// A running VM as a script sees it.
 #[derive(Clone)]
 pub struct VmObj {
-    vm: Arc<qemu::Vm>,
+    pub(super) vm: Arc<qemu::Vm>,
     rt: Arc<BuildRt>,
 }
 

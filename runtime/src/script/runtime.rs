@@ -276,8 +276,12 @@ fn register_ctx(engine: &mut Engine) {
 }
 
 fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiResult<MachineObj> {
-    value::check_keys(&opts, &["trust_on_first_use", "port"], "connect options")
-        .map_err(|m| runtime_err(m, ctx.call_position()))?;
+    value::check_keys(
+        &opts,
+        &["trust_on_first_use", "port", "vm"],
+        "connect options",
+    )
+    .map_err(|m| runtime_err(m, ctx.call_position()))?;
     let cfg = value::ssh_config(&Dynamic::from_map(ssh))
         .map_err(|m| runtime_err(m, ctx.call_position()))?;
     let host = cfg.host.clone().unwrap_or_default();
@@ -307,6 +311,22 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         ),
         None => None,
     };
+    // The VM this machine runs in, for uploads through a hot-plugged disk.
+    let file_disk = match opts.get("vm").filter(|v| !v.is_unit()) {
+        Some(v) => {
+            let vm = v
+                .clone()
+                .try_cast::<super::host_api::VmObj>()
+                .ok_or_else(|| {
+                    runtime_err(
+                        "`vm` must be the VM from ctx.qemu_start",
+                        ctx.call_position(),
+                    )
+                })?;
+            Some(Arc::new(crate::host::qemu::FileDisk::new(vm.vm.clone())))
+        }
+        None => None,
+    };
     let copts = ConnectOptions {
         trust_on_first_use: tofu,
         port_override,
@@ -322,6 +342,9 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
     match res {
         Ok(m) => {
             c.scope.record(&cap, "connect", "ok", ms);
+            if let Some(d) = file_disk {
+                m.use_file_disk(d);
+            }
             // Close the session when the build ends, whatever happens.
             let closer = m.clone();
             c.rt.cleanup.push(

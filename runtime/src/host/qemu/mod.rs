@@ -7,11 +7,13 @@
 
 mod accel;
 pub mod boot_command;
+mod file_disk;
 mod qmp;
 mod vm;
 
 pub use accel::{Accel, AccelKind, Accelerator, probe_accelerator};
 pub use boot_command::{BootCommandError, BootStep, parse_boot_command};
+pub use file_disk::FileDisk;
 pub use qmp::QmpError;
 pub use vm::{Drive, Vm, VmSpec, start};
 

@@ -14,4 +14,5 @@ mod transfer;
 
 pub use config::{BastionConfig, ConnectOptions, DEFAULT_CIPHERS, DEFAULT_TIMEOUT, SshConfig};
 pub use error::SshError;
+pub(crate) use session::quote_path;
 pub use session::{ExecOutput, Session, Stream};
