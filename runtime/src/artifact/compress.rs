@@ -4,8 +4,9 @@
 //!
 //! Both codecs use every core. zstd has its own worker threads (`zstdmt`). gzip is
 //! made the way pigz/pgzip make it: the stream is cut into blocks that are deflated
-//! on separate threads and written as consecutive gzip members, which every gzip
-//! reader (gunzip, tar, Python, Go) reads as one stream.
+//! on separate threads (libdeflate, one whole block per call) and written as
+//! consecutive gzip members, which every gzip reader (gunzip, tar, Python, Go) reads
+//! as one stream.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -380,14 +381,11 @@ impl<W: Write> ParallelGzWriter<W> {
             // deflate search hard for matches that are not there: ~4x slower than
             // storing it, for nothing. Stored deflate blocks are still plain gzip.
             let level = if looks_incompressible(&block) {
-                flate2::Compression::none()
+                0
             } else {
-                flate2::Compression::new(level)
+                level as i32
             };
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::with_capacity(block.len() / 2 + 64), level);
-            enc.write_all(&block)?;
-            enc.finish()
+            gzip_member(&block, level)
         }));
         self.wrote_member = true;
         while self.in_flight.len() >= self.max_in_flight {
@@ -420,6 +418,20 @@ impl<W: Write> ParallelGzWriter<W> {
     }
 }
 
+/// One whole block as one gzip member. libdeflate compresses a whole buffer at once,
+/// which is exactly a block, and at level 6 it is ~2x zlib's speed for a smaller output.
+fn gzip_member(block: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let lvl = libdeflater::CompressionLvl::new(level)
+        .map_err(|e| io::Error::other(format!("gzip level {level}: {e:?}")))?;
+    let mut c = libdeflater::Compressor::new(lvl);
+    let mut out = vec![0u8; c.gzip_compress_bound(block.len())];
+    let n = c
+        .gzip_compress(block, &mut out)
+        .map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Bytes per probe and probes per block for [`looks_incompressible`].
 const PROBE: usize = 16 * 1024;
 const PROBES: usize = 4;
@@ -435,12 +447,12 @@ fn looks_incompressible(block: &[u8]) -> bool {
     let stride = block.len() / PROBES;
     (0..PROBES).all(|i| {
         let sample = &block[i * stride..i * stride + PROBE];
-        let mut enc = flate2::write::DeflateEncoder::new(
-            Vec::with_capacity(PROBE + 64),
-            flate2::Compression::fast(),
+        let mut c = libdeflater::Compressor::new(
+            libdeflater::CompressionLvl::new(1).expect("level 1 exists"),
         );
-        match enc.write_all(sample).and_then(|_| enc.finish()) {
-            Ok(out) => out.len() * 1000 >= sample.len() * 995,
+        let mut out = vec![0u8; c.deflate_compress_bound(sample.len())];
+        match c.deflate_compress(sample, &mut out) {
+            Ok(n) => n * 1000 >= sample.len() * 995,
             Err(_) => false,
         }
     })

@@ -80,7 +80,9 @@ impl FileDisk {
             Ok(size)
         }
         .await;
-        self.detach(&node).await;
+        // The guest is done with the disk; unplugging it (the guest's ACPI handshake
+        // takes up to a second under TCG) need not hold up the next step.
+        tokio::spawn(detach(self.vm.clone(), node));
         if let Err(why) = &result
             && !self.disabled.swap(true, Ordering::Relaxed)
         {
@@ -124,41 +126,38 @@ impl FileDisk {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
+}
 
-    /// Best effort: a guest that never releases the device keeps a read-only view of a
-    /// file it already received, until the VM stops.
-    async fn detach(&self, node: &str) {
-        if self
-            .vm
-            .qmp("device_del", Some(json!({ "id": node })))
-            .await
-            .is_ok()
-        {
-            let deadline = Instant::now() + DETACH_WAIT;
-            while Instant::now() < deadline && self.device_present(node).await {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        if let Err(e) = self
-            .vm
-            .qmp("blockdev-del", Some(json!({ "node-name": node })))
-            .await
-        {
-            tracing::debug!(node, "blockdev-del: {e}");
+/// Best effort: a guest that never releases the device keeps a read-only view of a
+/// file it already received, until the VM stops.
+async fn detach(vm: Arc<Vm>, node: String) {
+    if vm
+        .qmp("device_del", Some(json!({ "id": node })))
+        .await
+        .is_ok()
+    {
+        let deadline = Instant::now() + DETACH_WAIT;
+        while Instant::now() < deadline && device_present(&vm, &node).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    if let Err(e) = vm
+        .qmp("blockdev-del", Some(json!({ "node-name": node })))
+        .await
+    {
+        tracing::debug!(node, "blockdev-del: {e}");
+    }
+}
 
-    async fn device_present(&self, id: &str) -> bool {
-        match self
-            .vm
-            .qmp("qom-list", Some(json!({ "path": "/machine/peripheral" })))
-            .await
-        {
-            Ok(list) => list
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| p["name"] == id)),
-            Err(_) => false,
-        }
+async fn device_present(vm: &Vm, id: &str) -> bool {
+    match vm
+        .qmp("qom-list", Some(json!({ "path": "/machine/peripheral" })))
+        .await
+    {
+        Ok(list) => list
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["name"] == id)),
+        Err(_) => false,
     }
 }
 

@@ -28,9 +28,16 @@ const ATTEMPT_CAP: Duration = Duration::from_secs(20);
 /// An SSH server sends its banner as soon as it accepts, so silence means nobody is
 /// behind the port yet. QEMU's user networking accepts at once on the host side while
 /// its own connection to a still-booting guest sits in TCP's retry backoff (1, 3, 7,
-/// 15 s...); a new connection restarts that at once, so readiness is seen within a
-/// few seconds instead of up to 20.
-const BANNER_WAIT: Duration = Duration::from_secs(2);
+/// 15 s...); a new connection restarts that at once, so readiness is seen within about
+/// a second instead of up to 20. After every 10 silent connections in a row the wait
+/// doubles (up to `ATTEMPT_CAP`), so a server that is merely slow is still reached.
+const BANNER_WAIT: Duration = Duration::from_secs(1);
+/// Pause between attempts that failed before authentication (refused, silent, closed):
+/// they cost the server nothing, and a booting VM is ready the moment its sshd is.
+const RETRY_CONNECT_MAX: Duration = Duration::from_millis(500);
+/// Pause between attempts the server rejected (authentication, key exchange): slower,
+/// so a host with fail2ban or MaxStartups is not hammered while cloud-init adds a key.
+const RETRY_REJECTED_MAX: Duration = Duration::from_secs(2);
 /// Captured output per stream is bounded; the tail is kept (that is where errors are).
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
 /// A "line" without a newline is cut here so a binary blob cannot grow memory unboundedly.
@@ -234,7 +241,7 @@ impl Prepared {
         // Peek, not read: russh then reads the banner itself.
         use std::sync::atomic::Ordering;
         let silent = self.silent.load(Ordering::Relaxed);
-        let wait = (BANNER_WAIT * (1 << (silent / 5).min(4))).min(ATTEMPT_CAP);
+        let wait = (BANNER_WAIT * (1 << (silent / 10).min(4))).min(ATTEMPT_CAP);
         let mut first = [0u8; 4];
         match tokio::time::timeout(wait, stream.peek(&mut first)).await {
             Ok(Ok(n)) if n > 0 => self.silent.store(0, Ordering::Relaxed),
@@ -332,7 +339,14 @@ where
             });
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        let max = match err {
+            SshError::ConnectionRefused { .. }
+            | SshError::Unreachable { .. }
+            | SshError::HandshakeTimeout { .. }
+            | SshError::Disconnected { .. } => RETRY_CONNECT_MAX,
+            _ => RETRY_REJECTED_MAX,
+        };
+        backoff = (backoff * 2).min(max);
     }
 }
 
