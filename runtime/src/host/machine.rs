@@ -3,9 +3,7 @@
 //! kiln started, a faster way in for large files.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{OnceCell, RwLock};
 
