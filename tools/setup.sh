@@ -5,6 +5,13 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# zstd and libdeflate are C libraries built by their -sys crates.
+if ! command -v cc >/dev/null 2>&1; then
+  log "a C compiler (zstd-sys, libdeflate-sys)"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq && $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev
+fi
+
 log "OpenSSH server and client (test peer, examples)"
 "$root/tools/peers/sshd.sh" install
 
