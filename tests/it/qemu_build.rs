@@ -31,6 +31,27 @@ fn example_project() -> (Project, PathBuf) {
     (p, image)
 }
 
+/// Replaces `from` with `to` in the project's build.rhai; the example must still
+/// contain `from`, or the test would silently run an unmodified build.
+fn patch_script(p: &Project, from: &str, to: &str) {
+    let script = std::fs::read_to_string(p.path().join("build.rhai")).unwrap();
+    assert!(
+        script.contains(from),
+        "build.rhai no longer contains {from:?}"
+    );
+    p.write("build.rhai", &script.replace(from, to));
+}
+
+/// `kiln build` arguments for the example project on `base`.
+fn build_args(base: &Path) -> [String; 4] {
+    [
+        "build".into(),
+        "--var".into(),
+        format!("base_image={}", base.display()),
+        ".".into(),
+    ]
+}
+
 fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
@@ -90,8 +111,8 @@ fn the_example_builds_an_image_that_contains_what_was_provisioned() {
     let _vm = VM_LOCK.blocking_lock();
     let (p, base) = example_project();
     let base_before = sha256(&base);
-    let base_arg = format!("base_image={}", base.display());
-    let out = p.kiln(&["build", "--var", &base_arg, "."]);
+    let args = build_args(&base);
+    let out = p.kiln(&args.each_ref().map(String::as_str));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let all = text(&out);
     assert!(
@@ -228,17 +249,10 @@ fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
         .output()
         .unwrap();
     assert!(keygen.status.success());
-    let script = std::fs::read_to_string(p.path().join("build.rhai"))
-        .unwrap()
-        .replace("timeout: \"5m\"", "timeout: \"45s\"");
-    p.write("build.rhai", &script);
+    patch_script(&p, "timeout: \"5m\"", "timeout: \"45s\"");
     let started = Instant::now();
-    let out = p.kiln(&[
-        "build",
-        "--var",
-        &format!("base_image={}", base.display()),
-        ".",
-    ]);
+    let args = build_args(&base);
+    let out = p.kiln(&args.each_ref().map(String::as_str));
     let took = started.elapsed();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
@@ -256,26 +270,16 @@ fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
 fn sigint_during_provisioning_leaves_nothing_behind() {
     let _vm = VM_LOCK.blocking_lock();
     let (p, base) = example_project();
-    let script = std::fs::read_to_string(p.path().join("build.rhai"))
-        .unwrap()
-        .replace(
-            "\"useradd --create-home --shell /bin/bash deploy\",",
-            "\"sleep 600\",",
-        );
-    p.write("build.rhai", &script);
-    let mut child = kiln_cmd(
-        p.path(),
-        &[
-            "build",
-            "--var",
-            &format!("base_image={}", base.display()),
-            ".",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    patch_script(
+        &p,
+        "\"useradd --create-home --shell /bin/bash deploy\",",
+        "\"sleep 600\",",
+    );
+    let mut child = kiln_cmd(p.path(), &build_args(&base).each_ref().map(String::as_str))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
@@ -324,17 +328,10 @@ fn sigint_during_provisioning_leaves_nothing_behind() {
 fn forcing_kvm_here_fails_fast_with_the_reason() {
     let _vm = VM_LOCK.blocking_lock();
     let (p, base) = example_project();
-    let script = std::fs::read_to_string(p.path().join("build.rhai"))
-        .unwrap()
-        .replace("accelerator: \"auto\"", "accelerator: \"kvm\"");
-    p.write("build.rhai", &script);
+    patch_script(&p, "accelerator: \"auto\"", "accelerator: \"kvm\"");
     let started = Instant::now();
-    let out = p.kiln(&[
-        "build",
-        "--var",
-        &format!("base_image={}", base.display()),
-        ".",
-    ]);
+    let args = build_args(&base);
+    let out = p.kiln(&args.each_ref().map(String::as_str));
     let all = text(&out);
     if std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()

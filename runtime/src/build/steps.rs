@@ -346,12 +346,11 @@ pub fn upload(
         let file = project
             .open_read(scope, src)
             .map_err(|e| StepFailure::new(e.to_string()))?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata().ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
         let mode = {
             use cap_std::fs::PermissionsExt;
-            file.metadata()
-                .map(|m| m.permissions().mode() & 0o7777)
-                .ok()
+            meta.map(|m| m.permissions().mode() & 0o7777)
         };
         let bar = rt.ui.progress(&rt.label, src, size);
         let r = rt

@@ -146,6 +146,25 @@ impl MachineGuest {
             .check(cap, detail)
             .map_err(|e| GuestError::Denied(e.to_string()))
     }
+
+    /// One machine call: checked, timed and audited with its outcome, like `exec`.
+    async fn on_machine<T>(
+        &self,
+        detail: &str,
+        call: impl std::future::Future<Output = Result<T, crate::host::ssh::SshError>>,
+    ) -> Result<T, GuestError> {
+        self.check(&Capability::Machine, detail)?;
+        let started = Instant::now();
+        let r = call.await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.scope
+            .record(&Capability::Machine, detail, &outcome, ms);
+        r.map_err(ssh_err)
+    }
 }
 
 fn ssh_err(e: crate::host::ssh::SshError) -> GuestError {
@@ -211,20 +230,14 @@ impl GuestHost for MachineGuest {
         guest_path: String,
         mode: Option<u32>,
     ) -> Result<u64, GuestError> {
-        let detail = format!("upload {guest_path}");
-        self.check(&Capability::Machine, &detail)?;
-        let r = self
-            .machine
-            .upload_file(&source, &guest_path, mode, &|_| {})
-            .await
-            .map(|(n, _)| n);
-        self.scope.record(
-            &Capability::Machine,
-            &detail,
-            if r.is_ok() { "ok" } else { "error" },
-            0.0,
-        );
-        r.map_err(ssh_err)
+        let call = async {
+            let (n, _) = self
+                .machine
+                .upload_file(&source, &guest_path, mode, &|_| {})
+                .await?;
+            Ok(n)
+        };
+        self.on_machine(&format!("upload {guest_path}"), call).await
     }
 
     async fn write_file(
@@ -233,39 +246,21 @@ impl GuestHost for MachineGuest {
         contents: Vec<u8>,
         mode: Option<u32>,
     ) -> Result<(), GuestError> {
-        let detail = format!("write_file {guest_path}");
-        self.check(&Capability::Machine, &detail)?;
-        let r = self
-            .machine
-            .session()
+        let call = async {
+            let session = self.machine.session().await;
+            session.write_file(&guest_path, &contents, mode).await
+        };
+        self.on_machine(&format!("write_file {guest_path}"), call)
             .await
-            .write_file(&guest_path, &contents, mode)
-            .await;
-        self.scope.record(
-            &Capability::Machine,
-            &detail,
-            if r.is_ok() { "ok" } else { "error" },
-            0.0,
-        );
-        r.map_err(ssh_err)
     }
 
     async fn read_file(&self, guest_path: String) -> Result<Vec<u8>, GuestError> {
-        let detail = format!("read_file {guest_path}");
-        self.check(&Capability::Machine, &detail)?;
-        let r = self
-            .machine
-            .session()
+        let call = async {
+            let session = self.machine.session().await;
+            session.read_file(&guest_path, 64 << 20).await
+        };
+        self.on_machine(&format!("read_file {guest_path}"), call)
             .await
-            .read_file(&guest_path, 64 << 20)
-            .await;
-        self.scope.record(
-            &Capability::Machine,
-            &detail,
-            if r.is_ok() { "ok" } else { "error" },
-            0.0,
-        );
-        r.map_err(ssh_err)
     }
 
     async fn facts(&self) -> Vec<(String, String)> {
