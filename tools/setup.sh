@@ -24,4 +24,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   log "rustup target add wasm32-wasip2 (WASM provisioners)"
   rustup target add wasm32-wasip2
 fi
+# Peers of the library crates (moto, docker-registry, Glance, PostgreSQL, Terraform, ...):
+# one idempotent script each, so adding a peer never edits this file.
+for f in "$root"/tools/setup.d/*.sh; do
+  [ -e "$f" ] || continue
+  log "$(basename "$f" .sh)"
+  bash "$f"
+done
 log "done"
