@@ -87,20 +87,47 @@ async fn password_auth() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
     assert_eq!(run(&s, "id -un").await.trim(), PASSWORD_USER);
-    // A wrong password is rejected, and the message says which methods were tried.
+    // A wrong password is rejected, and the message says which methods were tried. OpenSSH's
+    // PAM answers a wrong password after ~2 s: with a 1 s timeout that slow answer must still
+    // be reported as a rejection, not as a stalled handshake.
     let bad = SshConfig {
         password: Some("wrong".into()),
         timeout: Some("1s".into()),
-        ..c
+        ..c.clone()
     };
     let err = connect(&sshd, &bad).await.unwrap_err().to_string();
     assert!(
         err.contains("authentication rejected") && err.contains("password"),
         "{err}"
     );
+    assert!(!err.contains("stalled"), "{err}");
     assert!(
         !err.contains("wrong"),
         "password leaked into the error: {err}"
+    );
+    // With time to spare, kiln stops after `handshake_attempts` rejections instead of
+    // retrying until `timeout` (which would trip fail2ban or an account lockout).
+    let failed_before = sshd.log().matches("Failed password").count();
+    let capped = SshConfig {
+        password: Some("wrong".into()),
+        timeout: Some("10m".into()),
+        handshake_attempts: Some(2),
+        ..c
+    };
+    let err = connect(&sshd, &capped).await.unwrap_err().to_string();
+    assert!(
+        err.contains("authentication rejected (password) 2 times"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong"),
+        "password leaked into the error: {err}"
+    );
+    let failed_logins = sshd.log().matches("Failed password").count() - failed_before;
+    assert!(
+        (1..=2).contains(&failed_logins),
+        "expected at most 2 failed logins (the cap), the server logged {failed_logins}:\n{}",
+        sshd.log()
     );
 }
 

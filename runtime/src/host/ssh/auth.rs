@@ -98,6 +98,7 @@ pub(crate) async fn authenticate<H: russh::client::Handler>(
     target: &str,
 ) -> Result<(), SshError> {
     let mut tried: Vec<String> = Vec::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
     let mut server_allows = String::from("(not reported)");
     let mut record = |r: AuthResult, what: String, tried: &mut Vec<String>| -> bool {
         match r {
@@ -113,6 +114,7 @@ pub(crate) async fn authenticate<H: russh::client::Handler>(
     };
 
     if let Some((path, key)) = &creds.key {
+        kinds.push("publickey");
         let hash = if key.algorithm().is_rsa() {
             handle
                 .best_supported_rsa_hash()
@@ -136,6 +138,7 @@ pub(crate) async fn authenticate<H: russh::client::Handler>(
     }
 
     if creds.agent {
+        kinds.push("ssh-agent");
         let mut agent = russh::keys::agent::client::AgentClient::connect_env()
             .await
             .map_err(|e| SshError::Agent(e.to_string()))?;
@@ -179,6 +182,7 @@ pub(crate) async fn authenticate<H: russh::client::Handler>(
     }
 
     if let Some(pw) = &creds.password {
+        kinds.push("password");
         let r = handle
             .authenticate_password(&creds.user, pw)
             .await
@@ -192,6 +196,7 @@ pub(crate) async fn authenticate<H: russh::client::Handler>(
         target: target.to_string(),
         user: creds.user.clone(),
         tried: tried.join(", "),
+        methods: kinds.join(", "),
         server_allows,
     })
 }

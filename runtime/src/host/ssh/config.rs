@@ -10,6 +10,11 @@ use super::error::SshError;
 /// How long to wait for SSH when the script does not say (Packer's default too).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Authentication rejections tolerated before kiln stops dialling (Packer's
+/// `ssh_handshake_attempts` default). Each rejected password is a failed login in the
+/// host's auth log: retrying until `timeout` would trip fail2ban or an account lockout.
+pub const DEFAULT_HANDSHAKE_ATTEMPTS: u32 = 10;
+
 /// Ciphers offered when the script does not choose: chacha20-poly1305 first because guests
 /// under QEMU TCG have no AES-NI, where AES-GCM is about 30% slower.
 pub const DEFAULT_CIPHERS: &[&str] = &[
@@ -60,6 +65,10 @@ pub struct SshConfig {
     /// Send an SSH keepalive after this much silence ("30s"); off by default.
     #[serde(default)]
     pub keepalive: Option<String>,
+    /// Authentication rejections before giving up (Packer's `ssh_handshake_attempts`,
+    /// accepted under that name too). Default 10.
+    #[serde(default, alias = "ssh_handshake_attempts")]
+    pub handshake_attempts: Option<u32>,
 }
 
 /// A jump host: same authentication and host-key rules as the target, never trust-on-first-use.
@@ -115,6 +124,7 @@ impl fmt::Debug for SshConfig {
             .field("ciphers", &self.ciphers)
             .field("bastion", &self.bastion)
             .field("keepalive", &self.keepalive)
+            .field("handshake_attempts", &self.handshake_attempts)
             .finish()
     }
 }
@@ -165,6 +175,16 @@ impl SshConfig {
                     "timeout {s:?} is not a duration ({e}); write e.g. \"90s\" or \"5m\""
                 ))
             }),
+        }
+    }
+
+    pub(crate) fn handshake_attempts(&self) -> Result<u32, SshError> {
+        match self.handshake_attempts {
+            None => Ok(DEFAULT_HANDSHAKE_ATTEMPTS),
+            Some(0) => Err(SshError::Config(
+                "handshake_attempts must be at least 1".into(),
+            )),
+            Some(n) => Ok(n),
         }
     }
 
@@ -279,6 +299,26 @@ mod tests {
         assert_eq!(cfg.timeout().unwrap(), Duration::from_secs(90));
         cfg.timeout = Some("soon".into());
         assert!(cfg.timeout().unwrap_err().to_string().contains("\"soon\""));
+    }
+
+    #[test]
+    fn handshake_attempts_default_alias_and_zero() {
+        let engine = rhai::Engine::new_raw();
+        let cfg = SshConfig::default();
+        assert_eq!(
+            cfg.handshake_attempts().unwrap(),
+            DEFAULT_HANDSHAKE_ATTEMPTS
+        );
+        let map: rhai::Dynamic = engine
+            .eval(r#"#{ user: "root", ssh_handshake_attempts: 3 }"#)
+            .unwrap();
+        let cfg: SshConfig = rhai::serde::from_dynamic(&map).unwrap();
+        assert_eq!(cfg.handshake_attempts().unwrap(), 3);
+        let cfg = SshConfig {
+            handshake_attempts: Some(0),
+            ..Default::default()
+        };
+        assert!(cfg.handshake_attempts().is_err());
     }
 
     #[test]

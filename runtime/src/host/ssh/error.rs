@@ -73,7 +73,23 @@ pub enum SshError {
         target: String,
         user: String,
         tried: String,
+        /// The kinds of method tried ("publickey, password"), for the repeated-rejection summary.
+        methods: String,
         server_allows: String,
+    },
+
+    #[error(
+        "authentication rejected ({methods}) {times} times by {target} for user {user:?}: tried {tried}; \
+         the server accepts {server_allows}. kiln stops after `handshake_attempts` rejections so the \
+         host's fail2ban or account lockout is not triggered: check the user and its credentials"
+    )]
+    AuthRejectedRepeatedly {
+        target: String,
+        user: String,
+        tried: String,
+        methods: String,
+        server_allows: String,
+        times: u32,
     },
 
     #[error("ssh-agent unusable: {0}; is SSH_AUTH_SOCK set and the agent running?")]

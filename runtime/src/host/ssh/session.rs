@@ -24,6 +24,9 @@ const MAX_PACKET: u32 = 65535;
 /// One attempt (TCP + handshake + auth) never waits longer than this, so a stalled banner
 /// from a half-booted machine is retried instead of eating the whole timeout.
 const ATTEMPT_CAP: Duration = Duration::from_secs(20);
+/// The least time an attempt gets even when `timeout` is nearly spent: enough for a key
+/// exchange on a loaded machine and for PAM's delay on a rejected password.
+const MIN_ATTEMPT: Duration = Duration::from_secs(10);
 /// How long a fresh TCP connection may stay silent before we drop it and dial again.
 /// An SSH server sends its banner as soon as it accepts, so silence means nobody is
 /// behind the port yet. QEMU's user networking accepts at once on the host side while
@@ -301,22 +304,39 @@ impl Prepared {
     }
 }
 
+/// How many times a connection may be refused at authentication, and until when new
+/// attempts may start.
+#[derive(Clone, Copy)]
+struct RetryBudget {
+    started: Instant,
+    deadline: Instant,
+    max_rejections: u32,
+}
+
 async fn with_retries<F, Fut>(
     target: &str,
-    deadline: Instant,
-    started: Instant,
+    budget: RetryBudget,
     mut attempt: F,
 ) -> Result<(Handle<ClientHandler>, String), SshError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(Handle<ClientHandler>, String), SshError>>,
 {
+    let RetryBudget {
+        started,
+        deadline,
+        max_rejections,
+    } = budget;
     let mut attempts = 0u32;
+    let mut rejections = 0u32;
     let mut backoff = Duration::from_millis(100);
     loop {
         attempts += 1;
+        // `timeout` says when to stop starting attempts; one in flight always gets
+        // MIN_ATTEMPT, so a slow answer (PAM delays a failed password ~2 s) is reported
+        // for what it is instead of as a stalled handshake cut by the deadline.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let cap = remaining.min(ATTEMPT_CAP);
+        let cap = remaining.max(MIN_ATTEMPT).min(ATTEMPT_CAP);
         let err = match tokio::time::timeout(cap, attempt()).await {
             Ok(Ok(ok)) => {
                 tracing::debug!(target, attempts, "ssh connected");
@@ -329,7 +349,27 @@ where
                 after: cap,
             },
         };
-        tracing::debug!(target, attempts, "ssh not ready yet: {err}");
+        if let SshError::AuthRejected {
+            target,
+            user,
+            tried,
+            methods,
+            server_allows,
+        } = &err
+        {
+            rejections += 1;
+            if rejections >= max_rejections {
+                return Err(SshError::AuthRejectedRepeatedly {
+                    target: target.clone(),
+                    user: user.clone(),
+                    tried: tried.clone(),
+                    methods: methods.clone(),
+                    server_allows: server_allows.clone(),
+                    times: rejections,
+                });
+            }
+        }
+        tracing::debug!(target, attempts, rejections, "ssh not ready yet: {err}");
         if Instant::now() + backoff >= deadline {
             return Err(SshError::GaveUp {
                 target: target.to_string(),
@@ -521,34 +561,36 @@ impl Exit {
 
 impl Session {
     /// Waits for SSH within `cfg.timeout` (default 5m), retrying refused/reset connections,
-    /// stalled handshakes and auth rejections (a fresh VM may not have the key yet). A host key
-    /// mismatch or missing verification fails at once.
+    /// stalled handshakes and auth rejections (a fresh VM may not have the key yet), the
+    /// latter at most `cfg.handshake_attempts` times (default 10). A host key mismatch or
+    /// missing verification fails at once.
     pub async fn connect(
         cfg: &SshConfig,
         project: &Dir,
         opts: &ConnectOptions,
     ) -> Result<Session, SshError> {
         let started = Instant::now();
-        let deadline = started + cfg.timeout()?;
+        let budget = RetryBudget {
+            started,
+            deadline: started + cfg.timeout()?,
+            max_rejections: cfg.handshake_attempts()?,
+        };
         let config = client_config(cfg)?;
         let target = Prepared::new(cfg.endpoint(opts)?, project, config.clone())?;
         let target_name = target.ep.target();
 
         let (handle, fingerprint, bastion) = match &cfg.bastion {
             None => {
-                let (h, fp) =
-                    with_retries(&target_name, deadline, started, || target.attempt_tcp()).await?;
+                let (h, fp) = with_retries(&target_name, budget, || target.attempt_tcp()).await?;
                 (h, fp, None)
             }
             Some(b) => {
                 let jump = Prepared::new(b.endpoint(), project, config.clone())?;
                 let jump_name = jump.ep.target();
-                let (bh, _) =
-                    with_retries(&jump_name, deadline, started, || jump.attempt_tcp()).await?;
-                let (h, fp) = with_retries(&target_name, deadline, started, || {
-                    target.attempt_via(&bh, &jump_name)
-                })
-                .await?;
+                let (bh, _) = with_retries(&jump_name, budget, || jump.attempt_tcp()).await?;
+                let (h, fp) =
+                    with_retries(&target_name, budget, || target.attempt_via(&bh, &jump_name))
+                        .await?;
                 (h, fp, Some(bh))
             }
         };
