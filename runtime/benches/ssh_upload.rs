@@ -98,7 +98,8 @@ fn main() {
     let kiln_once = |dest: &Path| -> Duration {
         rt.block_on(async {
             let t = Instant::now();
-            let s = Session::connect(&cfg, &project, &ConnectOptions::default())
+            let files = kiln::host::ssh::KeyFiles::read_beneath(&cfg, &project).expect("key files");
+            let s = Session::connect(&cfg, &files, &ConnectOptions::default())
                 .await
                 .expect("kiln connect");
             let f = src_dir

@@ -3,54 +3,99 @@
 //! engine), and the overhead of one `machine.exec` round trip through the host.
 //!
 //! `cargo bench -p kiln --bench wasm_step` (builds the guests with tools/build-guests.sh).
-//! The GuestHost answers immediately, so the exec number is pure host-call overhead.
+//! The machine answers immediately, so the exec number is kiln's own per-call cost:
+//! the WASM boundary, the broker check and the audit line (to a real file).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::wasm::{ExecOutput, GuestError, GuestHost, LogLevel, WasmEngine, WasmGrants, WasmLimits};
+use kiln::caps::machine::MachineCap;
+use kiln::caps::{AuditLog, Broker, Grants, Holder, Project, Scope};
+use kiln::host::machine::{
+    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+};
+use kiln::ui::Redactor;
+use kiln::wasm::{StepEnv, WasmEngine, WasmLimits};
 
+/// A machine that answers at once: what is measured is kiln's side of each call
+/// (the broker check, the audit line, the WASM boundary).
 struct Immediate;
 
 #[async_trait::async_trait]
-impl GuestHost for Immediate {
+impl Machine for Immediate {
+    fn target(&self) -> String {
+        "immediate".into()
+    }
     async fn exec(
         &self,
-        _command: String,
-        _env: Vec<(String, String)>,
-    ) -> Result<ExecOutput, GuestError> {
+        _command: &str,
+        _env: &[(String, String)],
+        _on_line: OnLine<'_>,
+    ) -> Result<ExecOutput, MachineError> {
         Ok(ExecOutput {
             exit_code: 0,
             stdout: b"ok\n".to_vec(),
-            stderr: Vec::new(),
+            ..Default::default()
         })
     }
     async fn upload(
         &self,
-        _s: cap_std::fs::File,
-        _g: String,
-        _m: Option<u32>,
-    ) -> Result<u64, GuestError> {
+        _src: &cap_std::fs::File,
+        _dest: &str,
+        _mode: Option<u32>,
+        _progress: Progress<'_>,
+    ) -> Result<Uploaded, MachineError> {
+        Ok(Uploaded {
+            bytes: 0,
+            via: UploadPath::Normal,
+        })
+    }
+    async fn upload_tree(
+        &self,
+        _src: &cap_std::fs::Dir,
+        _dest: &str,
+        _progress: Progress<'_>,
+    ) -> Result<u64, MachineError> {
         Ok(0)
     }
-    async fn write_file(&self, _g: String, _c: Vec<u8>, _m: Option<u32>) -> Result<(), GuestError> {
+    async fn write_file(&self, _d: &str, _c: &[u8], _m: Option<u32>) -> Result<(), MachineError> {
         Ok(())
     }
-    async fn read_file(&self, _g: String) -> Result<Vec<u8>, GuestError> {
+    async fn read_file(&self, _p: &str, _max: u64) -> Result<Vec<u8>, MachineError> {
         Ok(Vec::new())
     }
-    async fn facts(&self) -> Vec<(String, String)> {
-        Vec::new()
+    async fn download(
+        &self,
+        _r: &str,
+        _l: &mut cap_std::fs::File,
+        _p: Progress<'_>,
+    ) -> Result<u64, MachineError> {
+        Ok(0)
     }
-    fn secret(&self, name: &str) -> Result<String, GuestError> {
-        Err(GuestError::NotFound(name.into()))
+    async fn facts(&self) -> Result<Facts, MachineError> {
+        Ok(Facts::new())
     }
-    fn allow_http(&self, _host: &str, _port: u16) -> Result<(), GuestError> {
+    async fn reconnect(&self) -> Result<(), MachineError> {
         Ok(())
     }
-    fn log(&self, _level: LogLevel, _message: &str) {}
-    fn audit(&self, _capability: &str, _object: &str, _outcome: &str) {}
+    async fn close(&self) {}
+}
+
+/// A step holding `machine`, auditing to a real file as `kiln build` does.
+fn env(scope: &Scope, project: &Project) -> StepEnv {
+    StepEnv {
+        machine: Some(MachineCap::new(
+            Arc::new(Immediate),
+            scope.clone(),
+            Arc::new(|_, _| {}),
+        )),
+        scope: scope.clone(),
+        project: project.clone(),
+        redactor: Redactor::default(),
+        log: Arc::new(|_, _| {}),
+        secret_source: Arc::new(|_| None),
+    }
 }
 
 fn root() -> PathBuf {
@@ -72,13 +117,9 @@ fn hello_wasm() -> Vec<u8> {
         .expect("hello_provisioner.wasm")
 }
 
-async fn step(engine: &WasmEngine, wasm: &[u8], config: &str) {
+async fn step(engine: &WasmEngine, wasm: &[u8], config: &str, e: &StepEnv) {
     let p = engine.load(wasm).expect("load");
-    let grants = WasmGrants {
-        machine: true,
-        ..Default::default()
-    };
-    p.run(config, grants, WasmLimits::default(), Arc::new(Immediate))
+    p.run(config, e.clone(), WasmLimits::default())
         .await
         .expect("run");
 }
@@ -105,13 +146,28 @@ fn main() {
     let one = r#"{"command":"true"}"#;
     println!("hello_provisioner.wasm: {} bytes", wasm.len());
 
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit =
+        AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::default()).expect("audit");
+    let broker = Broker::new("bench", audit);
+    let mut grants = Grants::default();
+    grants
+        .apply_allow(
+            &rhai::Engine::new_raw()
+                .eval::<rhai::Map>("#{ machine: true }")
+                .expect("map"),
+        )
+        .expect("grants");
+    let scope = broker.scope("bench", "step 1 wasm", Holder::Step, grants);
+    let project = Project::open(dir.path()).expect("project");
+    let e = env(&scope, &project);
     rt.block_on(async {
         let mut cold = Vec::new();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let engine = WasmEngine::new(Some(dir.path().to_path_buf())).expect("engine");
             let t = Instant::now();
-            step(&engine, &wasm, one).await;
+            step(&engine, &wasm, one, &e).await;
             cold.push(t.elapsed());
         }
         let cold = stats("cold: compile + instantiate + run", cold);
@@ -121,23 +177,24 @@ fn main() {
             &WasmEngine::new(Some(cache.path().to_path_buf())).expect("engine"),
             &wasm,
             one,
+            &e,
         )
         .await;
         let mut warm_disk = Vec::new();
         for _ in 0..30 {
             let engine = WasmEngine::new(Some(cache.path().to_path_buf())).expect("engine");
             let t = Instant::now();
-            step(&engine, &wasm, one).await;
+            step(&engine, &wasm, one, &e).await;
             warm_disk.push(t.elapsed());
         }
         let warm = stats("warm: disk cache, fresh engine", warm_disk);
 
         let engine = WasmEngine::new(Some(cache.path().to_path_buf())).expect("engine");
-        step(&engine, &wasm, one).await;
+        step(&engine, &wasm, one, &e).await;
         let mut warm_mem = Vec::new();
         for _ in 0..300 {
             let t = Instant::now();
-            step(&engine, &wasm, one).await;
+            step(&engine, &wasm, one, &e).await;
             warm_mem.push(t.elapsed());
         }
         stats("warm: same engine (load + fresh store + run)", warm_mem);
@@ -148,10 +205,10 @@ fn main() {
         let mut loaded = Vec::new();
         for _ in 0..15 {
             let t = Instant::now();
-            step(&engine, &wasm, one).await;
+            step(&engine, &wasm, one, &e).await;
             base.push(t.elapsed());
             let t = Instant::now();
-            step(&engine, &wasm, &many).await;
+            step(&engine, &wasm, &many, &e).await;
             loaded.push(t.elapsed());
         }
         let b = stats("exec: step with 1 call", base);

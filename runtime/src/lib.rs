@@ -1,17 +1,23 @@
 //! kiln: build machine images with sandboxed build logic.
 //!
-//! The crate is split by concern (see DESIGN.md): `cli` parses arguments, `script`
-//! evaluates Rhai into a `plan`, `build` runs the plan, every host call goes through
-//! `caps`, the capabilities themselves live in `host`, WASM provisioners in `wasm`,
-//! and `artifact` and `ui` produce what the user keeps and sees.
+//! The crate is split by concern (ARCHITECTURE.md draws the layers): `cli` parses
+//! arguments, `script` evaluates Rhai into a `plan` (plain data), `runner` runs the
+//! plan, every host call goes through a capability in `caps` (one module each: a
+//! checked facade with Rhai and WASM adapters), the host code behind them lives in
+//! `host`, the WASM sandbox in `wasm`, and `artifact` and `ui` produce what the user
+//! keeps and sees. `context` (per-build state) and `cleanup` (the undo stack) sit
+//! below all of them.
 
 pub mod artifact;
-pub mod build;
 pub mod caps;
+pub mod cleanup;
 pub mod cli;
+pub mod context;
 pub mod host;
 pub mod plan;
+pub mod runner;
 pub mod script;
+pub mod suggest;
 pub mod ui;
 pub mod wasm;
 

@@ -128,7 +128,7 @@ build("web", #{
     // The audit log records every capability use.
     let audit = find_audit(p.path());
     assert!(audit.contains("\"capability\":\"machine\""), "{audit}");
-    assert!(audit.contains("\"capability\":\"ssh.connect\""), "{audit}");
+    assert!(audit.contains("\"capability\":\"ssh\""), "{audit}");
 }
 
 pub fn find_audit(project: &Path) -> String {
@@ -372,6 +372,7 @@ fn manifest_and_checksum_post_processors() {
         "builders/fetcher.rhai",
         r#"
 fn options() { #{ host: (), ssh: (), output_directory: "output" } }
+fn grants(cfg) { #{ machine: true, ssh: [cfg.host] } }
 fn run(cfg, ctx) {
     let ssh = cfg.ssh; ssh.host = cfg.host;
     let m = ctx.connect(ssh);
@@ -448,9 +449,10 @@ build("web", #{ sources: ["box"], steps: [
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("image = \"ubuntu\" (--var)"), "{s}");
-    assert!(s.contains("grants: machine, fs.read(.)"), "{s}");
-    assert!(s.contains("ssh.connect(*)"), "{s}");
-    assert!(s.contains("secret(DB_PW)"), "{s}");
+    assert!(s.contains("grants: machine, read(.)"), "{s}");
+    // The builder declares its own grants: SSH to the host its config names, no more.
+    assert!(s.contains("ssh(h.example)"), "{s}");
+    assert!(s.contains("secrets(DB_PW)"), "{s}");
     assert!(s.contains("timeout 5m"), "{s}");
     let out = p.kiln(&["validate", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

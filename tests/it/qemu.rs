@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kiln::artifact::compress::{CompressOptions, compress_blocking};
 use kiln::artifact::vagrant::{BoxOptions, LibvirtDriver, libvirt_box};
-use kiln::build::cleanup::CleanupStack;
+use kiln::cleanup::CleanupStack;
 use kiln::host::httpd::{self, HttpdConfig};
 use kiln::host::image::{self, ImageCompression, ImageFormat};
 use kiln::host::qemu::{self, AccelKind, Accelerator, Drive, VmSpec};
@@ -94,7 +94,8 @@ async fn connect(vm: &qemu::Vm, key: &Path) -> (Session, Duration) {
         port_override: Some(vm.ssh_port()),
     };
     let start = Instant::now();
-    match Session::connect(&cfg, &project, &opts).await {
+    let files = kiln::host::ssh::KeyFiles::read_beneath(&cfg, &project).expect("key files");
+    match Session::connect(&cfg, &files, &opts).await {
         Ok(s) => (s, start.elapsed()),
         Err(e) => panic!(
             "SSH to the VM failed: {e}\nqemu running: {}, stderr:\n{}\nserial:\n{}",

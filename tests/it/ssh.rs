@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use kiln::host::ssh::{BastionConfig, ConnectOptions, Session, SshConfig, SshError, Stream};
+use kiln::host::ssh::{
+    BastionConfig, ConnectOptions, KeyFiles, Session, SshConfig, SshError, Stream,
+};
 
 use crate::peers::sshd::{PASSWORD, PASSWORD_USER, Sshd, SshdOptions};
 
@@ -26,7 +28,8 @@ fn cfg(sshd: &Sshd) -> SshConfig {
 }
 
 async fn connect(sshd: &Sshd, c: &SshConfig) -> Result<Session, SshError> {
-    Session::connect(c, &project(sshd), &ConnectOptions::default()).await
+    let files = KeyFiles::read_beneath(c, &project(sshd))?;
+    Session::connect(c, &files, &ConnectOptions::default()).await
 }
 
 async fn run(s: &Session, cmd: &str) -> String {
@@ -220,9 +223,8 @@ async fn no_host_key_config_is_refused_with_guidance_unless_tofu() {
         trust_on_first_use: true,
         ..Default::default()
     };
-    let s = Session::connect(&c, &project(&sshd), &opts)
-        .await
-        .expect("tofu");
+    let files = KeyFiles::read_beneath(&c, &project(&sshd)).expect("key files");
+    let s = Session::connect(&c, &files, &opts).await.expect("tofu");
     assert_eq!(s.host_key_fingerprint(), sshd.host_key_fingerprint);
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 
 /// Input bytes per gzip member: large enough that the per-member dictionary reset
 /// costs <0.1% in size, small enough that the blocks in flight (threads + 1, input

@@ -8,7 +8,7 @@ pub mod vagrant;
 use std::io;
 use std::path::Path;
 
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 
 /// Creates `output` for a post-processor, refusing to overwrite an existing file,
 /// and pushes its removal onto the cleanup stack (released once it is an artifact).

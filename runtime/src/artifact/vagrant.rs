@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::compress::ParallelGzWriter;
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::image::{self, ImageError};
 
 #[derive(Debug, thiserror::Error)]

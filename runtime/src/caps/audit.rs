@@ -62,11 +62,24 @@ impl AuditLog {
         self.path.as_deref()
     }
 
+    /// Writes one line. Objects and outcomes may carry commands with secret values
+    /// in them: they are redacted first and cut to [`MAX_OBJECT`] after, so a cut can
+    /// never leave the prefix of a secret in clear.
     pub fn record(&self, rec: &AuditRecord<'_>) {
-        let Ok(line) = serde_json::to_string(rec) else {
+        if self.path.is_none() {
+            return; // disabled: validate and inspect touch nothing
+        }
+        let object = truncate(&self.redactor.redact(rec.object), MAX_OBJECT);
+        let outcome = truncate(&self.redactor.redact(rec.outcome), MAX_OBJECT);
+        let rec = AuditRecord {
+            object: &object,
+            outcome: &outcome,
+            ..rec.clone()
+        };
+        let Ok(line) = serde_json::to_string(&rec) else {
             return;
         };
-        // Objects may contain commands with secret values in them.
+        // The other fields (build and step names) come from the script too.
         let line = self.redactor.redact(&line);
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = guard.as_mut() {
@@ -76,6 +89,20 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Longest object or outcome kept in an audit line, in bytes.
+pub const MAX_OBJECT: usize = 512;
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 pub fn now_rfc3339() -> String {

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use crate::build::context::Cancel;
-use crate::build::{OnError, RunOptions};
 use crate::caps::{AuditLog, Broker};
-use crate::plan::{self, LoadOptions, Plan};
+use crate::context::Cancel;
+use crate::plan::{self, Plan};
+use crate::runner::{OnError, RunOptions};
+use crate::script::{LoadOptions, Program};
 use crate::ui::{Mode, Redactor, Ui, Verbosity};
 use args::{BuildArgs, Cli, Command, ModuleCommand, OnErrorArg, PlanArgs};
 
@@ -89,12 +90,12 @@ impl Drop for RedactingWriter {
     }
 }
 
-fn load_plan(ui: &Ui, args: &PlanArgs) -> Result<Plan, u8> {
+fn load_plan(ui: &Ui, args: &PlanArgs) -> Result<Program, u8> {
     let opts = LoadOptions {
         vars: args.vars.clone(),
         var_files: args.var_files.clone(),
     };
-    plan::load(&args.path, &opts, ui.redactor()).map_err(|e| {
+    crate::script::load(&args.path, &opts, ui.redactor()).map_err(|e| {
         report_error(ui, &e.to_string());
         EXIT_USAGE
     })
@@ -109,16 +110,17 @@ fn report_error(ui: &Ui, msg: &str) {
 }
 
 fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
-    let plan = match load_plan(ui, args) {
+    let program = match load_plan(ui, args) {
         Ok(p) => p,
         Err(c) => return c,
     };
+    let plan: &Plan = &program.plan;
     let selection = RunOptions {
         only: args.only.clone(),
         except: args.except.clone(),
         ..RunOptions::default()
     };
-    if let Err(e) = crate::build::select(&plan, &selection) {
+    if let Err(e) = crate::runner::select(plan, &selection) {
         report_error(ui, &e);
         return EXIT_USAGE;
     }
@@ -156,12 +158,13 @@ fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
 }
 
 fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
-    let plan = match load_plan(ui, args) {
+    let program = match load_plan(ui, args) {
         Ok(p) => p,
         Err(c) => return c,
     };
+    let plan: &Plan = &program.plan;
     if ui.mode() == Mode::MachineReadable {
-        ui.event("inspect", plan::inspect_json(&plan));
+        ui.event("inspect", plan::inspect_json(plan));
         return EXIT_OK;
     }
     let project = plan.project.clone();
@@ -179,7 +182,7 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
     print!(
         "{}",
         ui.redactor()
-            .redact(&plan::render_inspect(&plan, &wasm_info))
+            .redact(&plan::render_inspect(plan, &wasm_info))
     );
     EXIT_OK
 }
@@ -205,7 +208,7 @@ fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
 }
 
 fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
-    let plan = match load_plan(ui, &args.plan) {
+    let program = match load_plan(ui, &args.plan) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
@@ -219,7 +222,7 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
         },
         force: args.force,
     };
-    let selected = match crate::build::select(&plan, &opts) {
+    let selected = match crate::runner::select(&program.plan, &opts) {
         Ok(s) => s,
         Err(e) => {
             report_error(ui, &e);
@@ -237,10 +240,11 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
             return EXIT_BUILD_FAILED;
         }
     };
-    runtime.block_on(run_build(ui, plan, opts, selected))
+    runtime.block_on(run_build(ui, program, opts, selected))
 }
 
-async fn run_build(ui: &Ui, plan: Arc<Plan>, opts: RunOptions, selected: Vec<String>) -> u8 {
+async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: Vec<String>) -> u8 {
+    let plan = program.plan.clone();
     let run_id = uuid::Uuid::new_v4().to_string();
     let audit_path = plan
         .project
@@ -268,14 +272,15 @@ async fn run_build(ui: &Ui, plan: Arc<Plan>, opts: RunOptions, selected: Vec<Str
     );
     let started = std::time::Instant::now();
     let outcomes =
-        crate::build::run_builds(plan, ui.clone(), broker, opts, cancel.clone(), selected).await;
+        crate::runner::run_builds(program, ui.clone(), broker, opts, cancel.clone(), selected)
+            .await;
 
     let secs = started.elapsed().as_secs_f64();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     let ok: Vec<_> = outcomes.iter().filter(|o| o.error.is_none()).collect();
     ui.plain(&format!(
         "==> Wait completed after {}",
-        crate::build::runner::fmt_secs(secs)
+        crate::runner::run::fmt_secs(secs)
     ));
     if !failed.is_empty() {
         ui.plain("\n==> Some builds didn't complete successfully and had errors:");

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::image::CreatedImage;
 
 /// The host as seen from a guest on QEMU user networking (Packer's `{{ .HTTPIP }}`).

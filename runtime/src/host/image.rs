@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 
 /// The `qemu-img` binary; overridable for hosts that install it elsewhere.
 fn qemu_img() -> PathBuf {

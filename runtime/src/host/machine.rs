@@ -1,153 +1,150 @@
-//! The machine being built, as steps see it: an SSH session that can be re-opened
-//! after an expected disconnect (a reboot step), plus cached facts, plus, for a VM
-//! kiln started, a faster way in for large files.
+//! The machine being built, as steps see it: a trait with one backend per way in (an
+//! SSH session today; a container rootfs next). Steps and adapters reach a machine only
+//! through this trait and only behind the `machine` capability's facade
+//! (`caps::machine`), never through a backend's own types.
+//!
+//! Output is streamed: `exec` hands each line to a callback as it arrives and keeps
+//! only a bounded tail; file reads take a size limit the caller sets.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{OnceCell, RwLock};
-
-use super::qemu::FileDisk;
-use super::ssh::{ConnectOptions, Session, SshConfig, SshError};
-use crate::caps::Project;
-
-#[derive(Clone)]
-pub struct Machine {
-    inner: Arc<Inner>,
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
 }
 
-struct Inner {
-    cfg: SshConfig,
-    project: Project,
-    opts: ConnectOptions,
-    session: RwLock<Session>,
-    facts: OnceCell<BTreeMap<String, String>>,
-    file_disk: OnceLock<Arc<FileDisk>>,
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Result of a command run on the machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The exit status, or -1 when the command was killed by a signal.
+    pub exit_code: i32,
+    /// The signal name without "SIG" (e.g. "TERM") when killed by a signal.
+    pub signal: Option<String>,
+    /// The last part of stdout (bounded by the backend).
+    pub stdout: Vec<u8>,
+    /// The last part of stderr (bounded by the backend).
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0 && self.signal.is_none()
+    }
 }
 
 /// How an upload reached the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadPath {
-    Ssh,
+    /// The backend's normal transfer (SFTP for SSH).
+    Normal,
+    /// A hot-plugged read-only virtio disk of a VM kiln started.
     VirtioDisk,
 }
 
-/// One shell round trip that answers every fact a step usually branches on.
-const FACTS_SCRIPT: &str = r#"
-. /etc/os-release 2>/dev/null
-printf 'os_id=%s\n' "${ID:-unknown}"
-printf 'os_version=%s\n' "${VERSION_ID:-}"
-printf 'os_name=%s\n' "${PRETTY_NAME:-}"
-printf 'arch=%s\n' "$(uname -m)"
-printf 'kernel=%s\n' "$(uname -r)"
-printf 'hostname=%s\n' "$(hostname 2>/dev/null || cat /etc/hostname)"
-printf 'user=%s\n' "$(id -un)"
-"#;
+/// Bytes written by an upload, and how they went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uploaded {
+    pub bytes: u64,
+    pub via: UploadPath,
+}
 
-impl Machine {
-    pub async fn connect(
-        cfg: SshConfig,
-        project: Project,
-        opts: ConnectOptions,
-    ) -> Result<Self, SshError> {
-        let session = Session::connect(&cfg, project.dir(), &opts).await?;
-        Ok(Machine {
-            inner: Arc::new(Inner {
-                cfg,
-                project,
-                opts,
-                session: RwLock::new(session),
-                facts: OnceCell::new(),
-                file_disk: OnceLock::new(),
-            }),
-        })
-    }
+/// `os_id`, `os_version`, `arch`, `kernel`, `hostname`, `user`, ...
+pub type Facts = BTreeMap<String, String>;
 
-    /// Lets large uploads use a hot-plugged disk of the VM this machine runs in.
-    pub fn use_file_disk(&self, disk: Arc<FileDisk>) {
-        let _ = self.inner.file_disk.set(disk);
+/// What went wrong on a machine, as the step runner tells the cases apart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MachineError {
+    /// The connection to the machine went away (a reboot, a shutdown, a network cut):
+    /// a step that expects a disconnect treats this as success.
+    #[error("{0}")]
+    Disconnected(String),
+    /// A remote file is larger than the caller allows.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Anything else, with the backend's message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl MachineError {
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, MachineError::Disconnected(_))
     }
+}
+
+/// Receives each line of a command's output as it arrives.
+pub type OnLine<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
+/// Receives the number of bytes moved so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// One backend of the machine being built.
+#[async_trait::async_trait]
+pub trait Machine: Send + Sync {
+    /// `user@host:port`, a container name: for messages.
+    fn target(&self) -> String;
+
+    /// Runs `command` through the machine's shell with `env` exported first.
+    async fn exec(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        on_line: OnLine<'_>,
+    ) -> Result<ExecOutput, MachineError>;
 
     /// Copies an open local file to `dest` (created or truncated), then sets `mode`.
-    /// Large files go through the VM's virtio disk when there is one and the guest
-    /// copes; otherwise, or if that fails, over SSH. Returns the bytes written.
-    pub async fn upload_file(
+    async fn upload(
         &self,
-        file: &cap_std::fs::File,
+        src: &cap_std::fs::File,
         dest: &str,
         mode: Option<u32>,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(u64, UploadPath), SshError> {
-        let session = self.session().await;
-        if let Some(disk) = self.inner.file_disk.get() {
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            if disk.wants(size) {
-                match disk.upload(&session, file, size, dest, mode).await {
-                    Ok(n) => {
-                        progress(n);
-                        return Ok((n, UploadPath::VirtioDisk));
-                    }
-                    Err(why) => tracing::debug!(dest, "virtio-disk upload failed: {why}"),
-                }
-            }
-        }
-        let n = session.upload_file(file, dest, mode, progress).await?;
-        Ok((n, UploadPath::Ssh))
-    }
+        progress: Progress<'_>,
+    ) -> Result<Uploaded, MachineError>;
 
-    /// The current session (cheap clone).
-    pub async fn session(&self) -> Session {
-        self.inner.session.read().await.clone()
-    }
+    /// Copies the tree under `src` into `dest` (created if needed).
+    async fn upload_tree(
+        &self,
+        src: &cap_std::fs::Dir,
+        dest: &str,
+        progress: Progress<'_>,
+    ) -> Result<u64, MachineError>;
 
-    /// Opens a new session after the machine dropped the old one on purpose (a
-    /// reboot). The host key must still match the one seen first.
-    pub async fn reconnect(&self) -> Result<(), SshError> {
-        let mut opts = self.inner.opts.clone();
-        let mut cfg = self.inner.cfg.clone();
-        if opts.trust_on_first_use {
-            // Pin what we saw first: after a reboot the key must not change.
-            cfg.host_key = Some(self.inner.session.read().await.host_key_fingerprint());
-            opts.trust_on_first_use = false;
-        }
-        let fresh = Session::connect(&cfg, self.inner.project.dir(), &opts).await?;
-        let old = std::mem::replace(&mut *self.inner.session.write().await, fresh);
-        old.close().await;
-        Ok(())
-    }
+    /// Creates or replaces `dest` with `contents`.
+    async fn write_file(
+        &self,
+        dest: &str,
+        contents: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), MachineError>;
 
-    pub fn target(&self) -> String {
-        let c = &self.inner.cfg;
-        format!(
-            "{}@{}:{}",
-            c.user,
-            c.host.as_deref().unwrap_or("?"),
-            c.port.unwrap_or(22)
-        )
-    }
+    /// Reads `path`, refusing more than `max` bytes with [`MachineError::TooLarge`].
+    async fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, MachineError>;
 
-    pub async fn close(&self) {
-        self.inner.session.read().await.close().await;
-    }
+    /// Streams `remote` into the open local file. Returns the bytes received.
+    async fn download(
+        &self,
+        remote: &str,
+        local: &mut cap_std::fs::File,
+        progress: Progress<'_>,
+    ) -> Result<u64, MachineError>;
 
-    /// Facts about the machine (os_id, os_version, arch, kernel, hostname, user).
-    pub async fn facts(&self) -> Result<BTreeMap<String, String>, SshError> {
-        self.inner
-            .facts
-            .get_or_try_init(|| async {
-                let out = self
-                    .session()
-                    .await
-                    .exec(FACTS_SCRIPT, &[], &mut |_, _| {})
-                    .await?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                Ok(text
-                    .lines()
-                    .filter_map(|l| l.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-                    .collect())
-            })
-            .await
-            .cloned()
-    }
+    /// Facts about the machine (asked once, then cached by the backend).
+    async fn facts(&self) -> Result<Facts, MachineError>;
+
+    /// Opens a new connection after the machine dropped the old one on purpose (a
+    /// reboot step).
+    async fn reconnect(&self) -> Result<(), MachineError>;
+
+    /// Ends the connection; errors are ignored (the goal is gone either way).
+    async fn close(&self);
 }

@@ -1,7 +1,6 @@
 //! The plan: what a build script declares. Evaluating the script's top level only
 //! fills this in; `kiln validate` and `kiln inspect` stop here and touch nothing.
 
-mod load;
 mod render;
 
 use std::collections::BTreeMap;
@@ -10,8 +9,7 @@ use std::time::Duration;
 
 use crate::caps::{Grants, Project};
 
-pub use load::{LoadError, LoadOptions, find_script, load};
-pub use render::{inspect_json, render_inspect};
+pub use render::{inspect_json, render_inspect, render_value};
 
 /// A secret declared with `secret(name)`: an opaque handle whose value the script
 /// cannot print (it is redacted everywhere) and that host code resolves when it
@@ -68,6 +66,9 @@ pub struct SourceSpec {
     /// The configuration with the builder's defaults filled in.
     pub config: rhai::Map,
     pub grants: Grants,
+    /// `build.rhai:12:5`: where the script called `source(...)`, for errors that happen
+    /// inside the builder's own script.
+    pub declared_at: String,
 }
 
 /// The body of one provisioning step.
@@ -176,10 +177,6 @@ pub struct Plan {
     pub secrets: Vec<String>,
     pub sources: Vec<SourceSpec>,
     pub builds: Vec<BuildSpec>,
-    /// The compiled script, kept so closure steps can be called when the build runs.
-    pub ast: Arc<rhai::AST>,
-    /// Compiled builder and post-processor scripts.
-    pub library: Arc<crate::script::declare::Library>,
 }
 
 impl Plan {

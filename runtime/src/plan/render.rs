@@ -4,8 +4,33 @@ use std::fmt::Write;
 
 use serde_json::json;
 
-use super::{Plan, StepKind, StepSpec};
-use crate::script::value;
+use rhai::{Array, Dynamic, Map};
+
+use super::{Plan, SecretHandle, StepKind, StepSpec};
+
+/// Renders a value for `kiln inspect` (secrets shown by name only).
+pub fn render_value(v: &Dynamic) -> String {
+    if let Some(s) = v.clone().try_cast::<SecretHandle>() {
+        return s.to_string();
+    }
+    if v.is_map() {
+        let map = v.clone().cast::<Map>();
+        let inner: Vec<String> = map
+            .iter()
+            .map(|(k, x)| format!("{k}: {}", render_value(x)))
+            .collect();
+        return format!("#{{ {} }}", inner.join(", "));
+    }
+    if v.is_array() {
+        let arr = v.clone().cast::<Array>();
+        let inner: Vec<String> = arr.iter().map(render_value).collect();
+        return format!("[{}]", inner.join(", "));
+    }
+    if v.is_string() {
+        return format!("{:?}", v.clone().into_string().unwrap_or_default());
+    }
+    v.to_string()
+}
 
 fn step_line(i: usize, s: &StepSpec) -> String {
     let mut extra = Vec::new();
@@ -75,7 +100,7 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
         let mut keys: Vec<_> = s.config.iter().filter(|(_, v)| !v.is_unit()).collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
         for (k, v) in keys {
-            let _ = writeln!(out, "      {k}: {}", value::render(v));
+            let _ = writeln!(out, "      {k}: {}", render_value(v));
         }
     }
     let _ = writeln!(out, "\nBuilds:");

@@ -3,16 +3,16 @@
 //! constructors (`qemu`, `ssh_host`, `builder`) and post-processors (`checksum`,
 //! `manifest`, ...). They only record declarations; nothing touches the outside.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use rhai::{AST, Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Scope};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Scope};
 
-use super::error::{Sources, runtime_err};
-use super::resolver::{compile_source, read_script};
+use super::error::runtime_err;
+use super::library::Library;
 use super::stdlib;
 use super::value;
-use crate::caps::{Grants, Project};
+use crate::caps::Grants;
 use crate::plan::{
     BuildSpec, EnvValue, PostSpec, ScriptRef, SecretHandle, SourceSpec, StepKind, StepOptions,
     StepSpec, VarInfo,
@@ -20,53 +20,6 @@ use crate::plan::{
 use crate::ui::Redactor;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
-
-/// Compiled builder and post-processor scripts, shared by declaration and execution.
-pub struct Library {
-    project: Project,
-    sources: Arc<Mutex<Sources>>,
-    cache: Mutex<HashMap<String, Arc<AST>>>,
-}
-
-impl Library {
-    pub fn new(project: Project, sources: Arc<Mutex<Sources>>) -> Self {
-        Library {
-            project,
-            sources,
-            cache: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn sources(&self) -> &Arc<Mutex<Sources>> {
-        &self.sources
-    }
-
-    /// Compiles (once) the script behind `r`.
-    pub fn ast(&self, engine: &Engine, r: &ScriptRef) -> Result<Arc<AST>, Box<EvalAltResult>> {
-        let key = r.to_string();
-        if let Some(ast) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(ast.clone());
-        }
-        let import_path = match r {
-            ScriptRef::Embedded(n) => format!("kiln:{n}"),
-            ScriptRef::Project(p) => p.clone(),
-        };
-        let (name, text) = read_script(&self.project, &import_path)
-            .map_err(|m| runtime_err(m, rhai::Position::NONE))?;
-        let ast = compile_source(engine, &self.sources, &name, &text, rhai::Position::NONE)?;
-        let ast = Arc::new(ast);
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, ast.clone());
-        Ok(ast)
-    }
-}
 
 /// What the script has declared so far.
 pub struct DeclState {
@@ -255,7 +208,7 @@ fn var(
     st.vars.insert(
         name.to_string(),
         VarInfo {
-            value: value::render(&value),
+            value: crate::plan::render_value(&value),
             from,
         },
     );
@@ -400,7 +353,34 @@ fn declare_source(
         Some(_) => Some(format!("output-{name}")),
         None => None,
     };
-    let mut grants = Grants::for_builder(&s.builder, output.as_deref());
+    let mut grants = Grants::builder_base(output.as_deref());
+    // The builder's own defaults: `fn grants(cfg)` in its script returns an allow map
+    // (the qemu builder's holds `qemu`; ssh_host's holds `ssh` to its host). A custom
+    // builder in the project declares its grants the same way.
+    let library = lock(decl).library.clone();
+    let ast = library.ast(ctx.engine(), &s.script)?;
+    if ast.iter_functions().any(|f| f.name == "grants") {
+        let allow: Map = ctx
+            .engine()
+            .call_fn(
+                &mut Scope::new(),
+                &ast,
+                "grants",
+                (Dynamic::from_map(s.config.clone()),),
+            )
+            .map_err(|e| {
+                runtime_err(
+                    format!("{}: grants(cfg) failed: {e}", s.script),
+                    ctx.call_position(),
+                )
+            })?;
+        grants.apply_allow(&allow).map_err(|e| {
+            runtime_err(
+                format!("{}: grants(cfg) returned {e}", s.script),
+                ctx.call_position(),
+            )
+        })?;
+    }
     if let Some(allow) = opts.get("allow") {
         let allow = allow.clone().try_cast::<Map>().ok_or_else(|| {
             runtime_err(
@@ -412,6 +392,13 @@ fn declare_source(
             .apply_allow(&allow)
             .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
     }
+    let pos = ctx.call_position();
+    let declared_at = format!(
+        "{}:{}:{}",
+        ctx.call_source().unwrap_or("build.rhai"),
+        pos.line().unwrap_or(0),
+        pos.position().unwrap_or(0)
+    );
     let mut st = lock(decl);
     if st.sources.iter().any(|x| x.name == name) {
         return err_at(ctx, format!("source {name:?} is declared twice"));
@@ -422,6 +409,7 @@ fn declare_source(
         script: s.script,
         config: s.config,
         grants,
+        declared_at,
     });
     Ok(())
 }

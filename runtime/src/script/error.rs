@@ -5,6 +5,8 @@ use std::fmt;
 
 use rhai::{EvalAltResult, Position};
 
+use crate::context::StepError;
+
 /// A failure in a script, located.
 #[derive(Debug, Clone)]
 pub struct ScriptError {
@@ -108,10 +110,15 @@ fn innermost<'a>(
 /// The message without Rhai's " (line x, position y)" suffix (we print our own).
 fn message_of(err: &EvalAltResult) -> String {
     match err {
-        EvalAltResult::ErrorRuntime(v, _) => match v.clone().try_cast::<StepFailed>() {
-            Some(s) => s.0,
-            None => v.to_string(),
-        },
+        EvalAltResult::ErrorRuntime(v, _) => {
+            if let Some(s) = v.clone().try_cast::<StepFailed>() {
+                s.0
+            } else if let Some(e) = v.clone().try_cast::<StepError>() {
+                e.to_string()
+            } else {
+                v.to_string()
+            }
+        }
         EvalAltResult::ErrorTerminated(v, _) => {
             let s = v.to_string();
             if s.is_empty() { "cancelled".into() } else { s }
@@ -153,6 +160,25 @@ pub fn as_step_failure(err: &EvalAltResult) -> Option<String> {
             EvalAltResult::ErrorRuntime(v, _) => {
                 return v.clone().try_cast::<StepFailed>().map(|s| s.0);
             }
+            _ => return None,
+        }
+    }
+}
+
+/// A machine call failed inside a script: the error keeps its kind (a lost
+/// connection, a denial, a non-zero exit) through Rhai, so the runner can match on it.
+pub fn step_error(e: StepError, pos: Position) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(rhai::Dynamic::from(e), pos))
+}
+
+/// The typed failure inside `err` (through call wrappers), if a host call raised one.
+pub fn step_error_of(err: &EvalAltResult) -> Option<StepError> {
+    let mut cur = err;
+    loop {
+        match cur {
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+            | EvalAltResult::ErrorInModule(_, inner, _) => cur = inner,
+            EvalAltResult::ErrorRuntime(v, _) => return v.clone().try_cast::<StepError>(),
             _ => return None,
         }
     }

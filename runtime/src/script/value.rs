@@ -7,19 +7,40 @@ use rhai::{Array, Dynamic, Map};
 
 use crate::plan::SecretHandle;
 
-/// Refuses keys not in `allowed`, naming the key and the keys allowed.
+/// Refuses keys not in `allowed`, naming the key, the nearest allowed one, and all
+/// the keys allowed.
 pub fn check_keys(map: &Map, allowed: &[&str], what: &str) -> Result<(), String> {
     for key in map.keys() {
         if !allowed.contains(&key.as_str()) {
             let mut keys: Vec<&str> = allowed.to_vec();
             keys.sort_unstable();
+            let hint = match crate::suggest::nearest(key, keys.iter().copied()) {
+                Some(k) => format!(" (did you mean `{k}`?)"),
+                None => String::new(),
+            };
             return Err(format!(
-                "unknown key `{key}` in {what}; allowed keys: {}",
+                "unknown key `{key}` in {what}{hint}; allowed keys: {}",
                 keys.join(", ")
             ));
         }
     }
     Ok(())
+}
+
+/// An env value as text: a `secret()` becomes its value (inside the host, at the last
+/// moment), anything else its display form.
+pub fn resolve_secret_text(v: &Dynamic) -> String {
+    match v.clone().try_cast::<SecretHandle>() {
+        Some(s) => s.value().to_string(),
+        None => v.to_string(),
+    }
+}
+
+/// An integer that must fit `T` (a port, a size in MiB), with a clear error instead of
+/// a silent wrap (`70000 as u16` is 4464).
+pub fn int_in<T: TryFrom<i64>>(v: &Dynamic, what: &str, range: &str) -> Result<T, String> {
+    let n = int(v, what)?;
+    T::try_from(n).map_err(|_| format!("{what} must be {range}, not {n}"))
 }
 
 pub fn string(v: &Dynamic, what: &str) -> Result<String, String> {
@@ -56,7 +77,7 @@ pub fn duration(v: &Dynamic, what: &str) -> Result<Duration, String> {
         if secs < 0 {
             return Err(format!("{what} must not be negative"));
         }
-        return Ok(Duration::from_secs(secs as u64));
+        return Ok(Duration::from_secs(secs.unsigned_abs()));
     }
     let s = string(v, what)?;
     parse_duration(&s).map_err(|e| format!("{what}: {e}"))
@@ -124,30 +145,6 @@ pub fn from_json(v: &serde_json::Value) -> Dynamic {
     rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT)
 }
 
-/// Renders a value for `kiln inspect` (secrets shown by name only).
-pub fn render(v: &Dynamic) -> String {
-    if let Some(s) = v.clone().try_cast::<SecretHandle>() {
-        return s.to_string();
-    }
-    if v.is_map() {
-        let map = v.clone().cast::<Map>();
-        let inner: Vec<String> = map
-            .iter()
-            .map(|(k, x)| format!("{k}: {}", render(x)))
-            .collect();
-        return format!("#{{ {} }}", inner.join(", "));
-    }
-    if v.is_array() {
-        let arr = v.clone().cast::<Array>();
-        let inner: Vec<String> = arr.iter().map(render).collect();
-        return format!("[{}]", inner.join(", "));
-    }
-    if v.is_string() {
-        return format!("{:?}", v.clone().into_string().unwrap_or_default());
-    }
-    v.to_string()
-}
-
 /// An `ssh: #{...}` map as the communicator's config. Secret handles become their
 /// values here, at the last moment, inside the host.
 pub fn ssh_config(v: &Dynamic) -> Result<crate::host::ssh::SshConfig, String> {
@@ -191,7 +188,7 @@ mod tests {
         let e = check_keys(&m, &["memory", "cpus"], "qemu config").unwrap_err();
         assert_eq!(
             e,
-            "unknown key `memroy` in qemu config; allowed keys: cpus, memory"
+            "unknown key `memroy` in qemu config (did you mean `memory`?); allowed keys: cpus, memory"
         );
     }
 }

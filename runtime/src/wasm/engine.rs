@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
 
+use super::bindings;
 use super::cache::{self, DiskCache};
-use super::state::{
-    self, GuestStdio, HostState, LinkKey, LinkerCache, LogSink, MemLimiter, NetRule, bindings,
-};
-use super::{GuestHost, LogLevel, Preopen, WasmError, WasmGrants, WasmLimits};
+use super::host::{self, GuestStdio, Handles, HostState, LogSink, MemLimiter, Setup, StepEnv};
+use super::{LogLevel, WasmError, WasmLimits};
+use crate::caps::{Capability, Scope, TABLE};
+
+/// The capabilities whose WASM interfaces one run links, by key (sorted). Linkers and
+/// pre-instantiations are cached per key set.
+type LinkKey = Vec<&'static str>;
+type LinkerCache = Mutex<HashMap<LinkKey, Arc<Linker<HostState>>>>;
 
 /// How often the ticker advances the epoch; deadlines are checked at this granularity
 /// and a running guest yields to tokio this often.
@@ -196,33 +201,19 @@ impl Provisioner {
     /// Refuses before running anything if the component imports an interface the step
     /// was not granted. Returns the guest's summary (truncated to
     /// `limits.max_output_bytes`).
+    /// Runs `provision(config_json)` in a fresh store. Each capability whose grant the
+    /// step holds attaches itself (handles, preopens, socket checks); only those
+    /// interfaces are linked, and a component importing anything else is refused
+    /// before it runs. Every host call the guest makes goes through the capability's
+    /// facade and so through `env.scope`.
     pub async fn run(
         &self,
         config_json: &str,
-        grants: WasmGrants,
+        env: StepEnv,
         limits: WasmLimits,
-        host: Arc<dyn GuestHost>,
     ) -> Result<String, WasmError> {
-        let key = LinkKey {
-            machine: grants.machine,
-            secrets: !grants.secrets.is_empty(),
-            network: !grants.http.is_empty(),
-        };
-        if let Err(e) = self.check_imports(key) {
-            host.audit("wasm.link", &self.digest, "refused");
-            return Err(e);
-        }
-        let pre = self.pre(key)?;
-
-        let rules = grants
-            .http
-            .iter()
-            .map(|s| NetRule::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WasmError::Link(format!("invalid http grant: {e}")))?;
-        let net = Arc::new(state::resolve_rules(&rules).await);
-
-        let log = LogSink::new(host.clone(), limits.max_log_bytes);
+        let scope = env.scope.clone();
+        let log = LogSink::new(env.log.clone(), scope.clone(), limits.max_log_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestStdio {
             level: LogLevel::Info,
@@ -232,42 +223,25 @@ impl Provisioner {
             level: LogLevel::Warn,
             sink: log.clone(),
         });
-        for p in &grants.read {
-            add_preopen(&mut wasi, p, FsPerms::ReadOnly)?;
+        let mut handles = Handles::default();
+        let mut attached: Vec<&'static dyn Capability> = Vec::new();
+        for cap in TABLE {
+            let Some(adapter) = cap.wasm() else { continue };
+            let mut setup = Setup {
+                wasi: &mut wasi,
+                handles: &mut handles,
+            };
+            if adapter.attach(&env, &mut setup).await? {
+                attached.push(*cap);
+            }
         }
-        for p in &grants.write {
-            add_preopen(&mut wasi, p, FsPerms::ReadWrite)?;
+        let mut key: LinkKey = attached.iter().map(|c| c.spec().key).collect();
+        key.sort_unstable();
+        if let Err(e) = self.check_imports(&key) {
+            scope.event("wasm.link", &self.digest, "refused", 0.0);
+            return Err(e);
         }
-        if key.network {
-            wasi.allow_tcp(true);
-            wasi.allow_udp(false);
-            wasi.allow_ip_name_lookup(
-                rules
-                    .iter()
-                    .any(|r| r.host.parse::<std::net::IpAddr>().is_err()),
-            );
-            let check_host = host.clone();
-            wasi.socket_addr_check(move |addr, use_| {
-                use wasmtime_wasi::sockets::SocketAddrUse;
-                let ok = match use_ {
-                    SocketAddrUse::TcpConnect => state::check_addr(&net, &*check_host, addr),
-                    // The implicit ephemeral bind every outgoing connect does; listening
-                    // is checked (and refused) separately as TcpListen.
-                    SocketAddrUse::TcpBind if addr.ip().is_unspecified() && addr.port() == 0 => {
-                        true
-                    }
-                    _ => {
-                        check_host.audit(
-                            "net.http",
-                            &addr.to_string(),
-                            "denied (only outgoing TCP connections are allowed)",
-                        );
-                        false
-                    }
-                };
-                Box::pin(async move { ok })
-            });
-        }
+        let pre = self.pre(&key, &attached)?;
 
         let mem_limit = usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX);
         let state = HostState {
@@ -278,19 +252,15 @@ impl Provisioner {
                 used: 0,
                 hit: false,
             },
-            host: host.clone(),
+            scope: scope.clone(),
             log: log.clone(),
-            read: grants.read,
-            secrets: grants.secrets,
+            handles,
             deadline_hit: false,
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
         let started = Instant::now();
         let deadline = started + limits.timeout;
-        // Yield to tokio on every tick so `timeout` and other tasks keep running, and
-        // stop the guest once the wall-clock deadline passes. Installed before the
-        // first deadline is set (see notes/tech.md B2).
         store.epoch_deadline_callback(move |mut ctx| {
             if Instant::now() >= deadline {
                 ctx.data_mut().deadline_hit = true;
@@ -309,14 +279,14 @@ impl Provisioner {
         let secs = started.elapsed().as_secs_f64();
         let result = match outcome {
             Err(_elapsed) => {
-                host.audit("wasm.deadline", &format!("{secs:.1}s"), "stopped");
+                scope.event("wasm.deadline", &format!("{secs:.1}s"), "stopped", 0.0);
                 return Err(WasmError::Deadline { secs });
             }
             Ok(r) => r,
         };
         let dropped = log.dropped();
         if dropped > 0 {
-            host.log(
+            (env.log)(
                 LogLevel::Warn,
                 &format!(
                     "{dropped} bytes of provisioner log output were dropped (limit {} bytes)",
@@ -326,19 +296,19 @@ impl Provisioner {
         }
         let st = store.data();
         match result {
-            Ok(Ok(summary)) => Ok(truncate_summary(summary, limits.max_output_bytes, &*host)),
+            Ok(Ok(summary)) => Ok(truncate_summary(summary, limits.max_output_bytes, &scope)),
             Ok(Err(msg)) => Err(WasmError::Guest(truncate_summary(
                 msg,
                 limits.max_output_bytes,
-                &*host,
+                &scope,
             ))),
             Err(e) => {
                 if st.deadline_hit || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    host.audit("wasm.deadline", &format!("{secs:.1}s"), "stopped");
+                    scope.event("wasm.deadline", &format!("{secs:.1}s"), "stopped", 0.0);
                     Err(WasmError::Deadline { secs })
                 } else if st.limiter.hit {
                     let mib = limits.memory_bytes >> 20;
-                    host.audit("wasm.memory", &format!("{mib} MiB"), "stopped");
+                    scope.event("wasm.memory", &format!("{mib} MiB"), "stopped", 0.0);
                     Err(WasmError::MemoryLimit { mib })
                 } else {
                     Err(WasmError::Trap(format!("{e:#}")))
@@ -347,43 +317,52 @@ impl Provisioner {
         }
     }
 
-    /// Refuses imports the step's grants do not cover, naming the `allow` line to add.
-    fn check_imports(&self, key: LinkKey) -> Result<(), WasmError> {
+    /// Refuses a component that imports an interface this run does not link: one
+    /// whose capability the step lacks (naming the grant to add), or one kiln does not
+    /// provide at all (saying no grant would help).
+    fn check_imports(&self, key: &LinkKey) -> Result<(), WasmError> {
         for import in &self.imports {
-            let iface = import.split('@').next().unwrap_or(import);
-            let granted = match iface {
-                "kiln:host/machine" => key.machine,
-                "kiln:host/secrets" => key.secrets,
-                i if i.starts_with("wasi:sockets/") => key.network,
-                i if i.starts_with("wasi:http/") => {
-                    if key.network {
-                        return Err(WasmError::Link(format!(
-                            "component imports {import}, which kiln does not provide; make HTTP requests over wasi:sockets instead"
-                        )));
-                    }
-                    false
+            if host::always_linked(import) {
+                continue;
+            }
+            match crate::caps::gating(import) {
+                Some(cap) if key.contains(&cap.spec().key) => {}
+                Some(cap) => {
+                    let spec = cap.spec();
+                    return Err(WasmError::Link(format!(
+                        "component imports {import}, which needs the `{}` capability ({}); this step is not granted it: add {}",
+                        spec.key, spec.summary, spec.example
+                    )));
                 }
-                _ => true,
-            };
-            if !granted {
-                let (what, allow) = state::needs_grant(import).unwrap_or(("this interface", ""));
-                return Err(WasmError::Link(format!(
-                    "component imports {import} but this step is not granted {what}; add {allow}"
-                )));
+                None => {
+                    let iface = import.split('@').next().unwrap_or(import);
+                    let hint = if iface.starts_with("wasi:http/") {
+                        "; make HTTP requests over wasi:sockets (with a `net` grant) instead"
+                    } else {
+                        ""
+                    };
+                    return Err(WasmError::Link(format!(
+                        "component imports {import}, which kiln does not provide, so no grant can make it link{hint}"
+                    )));
+                }
             }
         }
         Ok(())
     }
 
-    fn pre(&self, key: LinkKey) -> Result<bindings::ProvisionerPre<HostState>, WasmError> {
-        if let Some(p) = lock(&self.pres).get(&key) {
+    fn pre(
+        &self,
+        key: &LinkKey,
+        attached: &[&'static dyn Capability],
+    ) -> Result<bindings::ProvisionerPre<HostState>, WasmError> {
+        if let Some(p) = lock(&self.pres).get(key) {
             return Ok(p.clone());
         }
-        let linker = self.linker(key)?;
+        let linker = self.linker(key, attached)?;
         let instance_pre = linker.instantiate_pre(&self.component).map_err(|e| {
             WasmError::Link(format!(
                 "component cannot be linked: {e:#} (kiln provides kiln:host@0.1.0 and WASI 0.2 cli, clocks, random, io, filesystem{})",
-                if key.network { ", sockets" } else { "" }
+                if key.contains(&"net") { ", sockets" } else { "" }
             ))
         })?;
         let pre = bindings::ProvisionerPre::new(instance_pre).map_err(|e| {
@@ -391,41 +370,37 @@ impl Provisioner {
                 "component does not export `provision: func(config-json: string) -> result<string, string>` ({e:#}); build it with kiln_guest::provisioner!"
             ))
         })?;
-        lock(&self.pres).insert(key, pre.clone());
+        lock(&self.pres).insert(key.clone(), pre.clone());
         Ok(pre)
     }
 
-    fn linker(&self, key: LinkKey) -> Result<Arc<Linker<HostState>>, WasmError> {
-        if let Some(l) = lock(&self.engine.linkers).get(&key) {
+    fn linker(
+        &self,
+        key: &LinkKey,
+        attached: &[&'static dyn Capability],
+    ) -> Result<Arc<Linker<HostState>>, WasmError> {
+        if let Some(l) = lock(&self.engine.linkers).get(key) {
             return Ok(l.clone());
         }
-        let l =
-            Arc::new(
-                state::build_linker(&self.engine.engine, key).map_err(|e| WasmError::Io {
-                    context: "could not build the WASM linker".into(),
-                    source: std::io::Error::other(format!("{e:#}")),
-                })?,
-            );
-        lock(&self.engine.linkers).insert(key, l.clone());
+        let build = || -> wasmtime::Result<Linker<HostState>> {
+            let mut l = host::base_linker(&self.engine.engine)?;
+            for cap in attached {
+                if let Some(a) = cap.wasm() {
+                    a.link(&mut l)?;
+                }
+            }
+            Ok(l)
+        };
+        let l = Arc::new(build().map_err(|e| WasmError::Io {
+            context: "could not build the WASM linker".into(),
+            source: std::io::Error::other(format!("{e:#}")),
+        })?);
+        lock(&self.engine.linkers).insert(key.clone(), l.clone());
         Ok(l)
     }
 }
 
-fn add_preopen(wasi: &mut WasiCtxBuilder, p: &Preopen, perms: FsPerms) -> Result<(), WasmError> {
-    use std::os::fd::AsRawFd;
-    // wasmtime-wasi opens preopens by path; reopening the caller's already-open
-    // directory through /proc/self/fd keeps the exact directory it checked, even if
-    // the path was swapped for a symlink since.
-    let path = format!("/proc/self/fd/{}", p.dir.as_raw_fd());
-    wasi.preopened_dir(&path, &p.guest_path, perms)
-        .map_err(|e| WasmError::Io {
-            context: format!("could not give the provisioner the directory `{}`", p.label),
-            source: std::io::Error::other(format!("{e:#}")),
-        })?;
-    Ok(())
-}
-
-fn truncate_summary(mut s: String, max: usize, host: &dyn GuestHost) -> String {
+fn truncate_summary(mut s: String, max: usize, scope: &Scope) -> String {
     if s.len() <= max {
         return s;
     }
@@ -433,7 +408,12 @@ fn truncate_summary(mut s: String, max: usize, host: &dyn GuestHost) -> String {
     while cut > 0 && !s.is_char_boundary(cut) {
         cut -= 1;
     }
-    host.audit("wasm.output", &format!("{} bytes", s.len()), "truncated");
+    scope.event(
+        "wasm.output",
+        &format!("{} bytes", s.len()),
+        "truncated",
+        0.0,
+    );
     s.truncate(cut);
     s.push_str(" … (truncated)");
     s

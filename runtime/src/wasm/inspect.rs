@@ -7,6 +7,7 @@ use wasmparser::{Parser, Payload};
 
 use super::WasmError;
 use super::cache::sha256_hex;
+use crate::caps::{CapSpec, TABLE};
 
 /// What a component declares, and the `allow` entries it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,16 +19,12 @@ pub struct ComponentInfo {
     pub imports: Vec<String>,
     /// Top-level exports, e.g. `provision`.
     pub exports: Vec<String>,
-    /// Needs `allow: #{ machine: true }`.
-    pub machine: bool,
-    /// Needs at least one `secrets: [...]` entry (the names are the provisioner's to document).
-    pub secrets: bool,
+    /// The capabilities its imports need (from the capability table), in table order.
+    pub needs: Vec<&'static CapSpec>,
     /// Can use WASI files; it sees only directories granted with `read` / `write`.
     pub files: bool,
-    /// Needs `http: [...]` (imports wasi:sockets).
-    pub network: bool,
-    /// Imports wasi:http, which kiln does not provide.
-    pub wasi_http: bool,
+    /// Imports kiln does not provide: it will not link, whatever it is granted.
+    pub unsupported: Vec<String>,
 }
 
 impl ComponentInfo {
@@ -38,16 +35,7 @@ impl ComponentInfo {
 
     /// The `allow` map that lets the component link, e.g. `#{ machine: true, secrets: ["NAME"] }`.
     pub fn allow_line(&self) -> String {
-        let mut parts = Vec::new();
-        if self.machine {
-            parts.push("machine: true".to_string());
-        }
-        if self.secrets {
-            parts.push("secrets: [\"NAME\"]".to_string());
-        }
-        if self.network || self.wasi_http {
-            parts.push("http: [\"host:port\"]".to_string());
-        }
+        let parts: Vec<&str> = self.needs.iter().map(|c| c.example_entry()).collect();
         if parts.is_empty() {
             "#{}".to_string()
         } else {
@@ -80,10 +68,10 @@ impl fmt::Display for ComponentInfo {
                 "files:    may read/write files; it sees only directories granted with read: [\"dir\"] / write: [\"dir\"]"
             )?;
         }
-        if self.wasi_http {
+        for i in &self.unsupported {
             writeln!(
                 f,
-                "warning:  imports wasi:http, which kiln does not provide; it will not link"
+                "warning:  imports {i}, which kiln does not provide; it will not link, whatever it is granted"
             )?;
         }
         if !self.is_provisioner() {
@@ -135,15 +123,22 @@ pub fn inspect(wasm: &[u8]) -> Result<ComponentInfo, WasmError> {
     if !saw_component {
         return Err(WasmError::Invalid("empty input".into()));
     }
-    let has = |prefix: &str| imports.iter().any(|i| i.starts_with(prefix));
+    let needs = TABLE
+        .iter()
+        .map(|c| c.spec())
+        .filter(|spec| imports.iter().any(|i| spec.gates_import(i)))
+        .collect();
+    let unsupported = imports
+        .iter()
+        .filter(|i| !super::host::always_linked(i) && crate::caps::gating(i).is_none())
+        .cloned()
+        .collect();
     Ok(ComponentInfo {
         sha256: sha256_hex(wasm),
         size: wasm.len(),
-        machine: has("kiln:host/machine@"),
-        secrets: has("kiln:host/secrets@"),
-        files: has("wasi:filesystem/"),
-        network: has("wasi:sockets/"),
-        wasi_http: has("wasi:http/"),
+        files: imports.iter().any(|i| i.starts_with("wasi:filesystem/")),
+        needs,
+        unsupported,
         imports,
         exports,
     })
@@ -169,11 +164,9 @@ mod tests {
             size: 0,
             imports: vec![],
             exports: vec!["provision".into()],
-            machine: true,
-            secrets: true,
+            needs: vec![&crate::caps::machine::SPEC, &crate::caps::secrets::SPEC],
             files: false,
-            network: false,
-            wasi_http: false,
+            unsupported: vec![],
         };
         assert_eq!(info.allow_line(), "#{ machine: true, secrets: [\"NAME\"] }");
         assert!(info.is_provisioner());

@@ -15,7 +15,7 @@ use super::accel::Accel;
 use super::boot_command::{BootStep, parse_boot_command};
 use super::qmp::Qmp;
 use super::{QemuError, qemu_binary};
-use crate::build::cleanup::{CleanupId, CleanupStack};
+use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::image::ImageFormat;
 
 /// qemu opens its QMP socket before the guest starts; 30 s covers a loaded host.

@@ -3,12 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cap_std::fs::Dir;
 use russh::client::Handle;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
 use russh::{MethodKind, client::AuthResult};
 
-use super::config::Endpoint;
+use super::config::{Endpoint, KeyFiles};
 use super::error::SshError;
 
 /// What an endpoint may authenticate with, loaded once per `connect`.
@@ -31,7 +30,7 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn load(ep: &Endpoint, project: &Dir) -> Result<Self, SshError> {
+    pub fn load(ep: &Endpoint, files: &KeyFiles) -> Result<Self, SshError> {
         if ep.private_key_file.is_none() && ep.password.is_none() && !ep.agent {
             return Err(SshError::Config(format!(
                 "no authentication configured for {}: set `private_key_file`, `password` or `agent: true`",
@@ -41,14 +40,8 @@ impl Credentials {
         let key = match &ep.private_key_file {
             None => None,
             Some(path) => {
-                let text = project
-                    .read_to_string(path)
-                    .map_err(|source| SshError::LocalFile {
-                        what: "private key",
-                        path: path.clone(),
-                        source,
-                    })?;
-                let key = russh::keys::decode_secret_key(&text, None).map_err(|e| {
+                let text = files.get("private key", path)?;
+                let key = russh::keys::decode_secret_key(text, None).map_err(|e| {
                     let reason = match e {
                         russh::keys::Error::KeyIsEncrypted => {
                             "it is protected by a passphrase; kiln does not read passphrases from \

@@ -104,6 +104,65 @@ pub struct ConnectOptions {
     pub port_override: Option<u16>,
 }
 
+/// The texts of the files a connection reads (private keys, known_hosts), by the path
+/// the ssh map names. The caller reads them through its own grants, so the SSH client
+/// never opens a file by name and a key outside the granted directories is refused
+/// before any connection is made. The texts go to the SSH client only.
+#[derive(Default)]
+pub struct KeyFiles {
+    files: std::collections::HashMap<String, String>,
+}
+
+impl fmt::Debug for KeyFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.files.keys()).finish()
+    }
+}
+
+/// A file a connection needs: what it is for, and the path the ssh map names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFile {
+    pub what: &'static str,
+    pub path: String,
+}
+
+impl KeyFiles {
+    /// Reads every file `cfg` needs beneath `dir` (benchmarks and tests; kiln itself
+    /// reads them through the source's grants).
+    pub fn read_beneath(cfg: &SshConfig, dir: &cap_std::fs::Dir) -> Result<KeyFiles, SshError> {
+        let mut files = KeyFiles::default();
+        for f in cfg.credential_files() {
+            let text = dir
+                .read_to_string(&f.path)
+                .map_err(|source| SshError::LocalFile {
+                    what: f.what,
+                    path: f.path.clone(),
+                    source,
+                })?;
+            files.insert(&f.path, text);
+        }
+        Ok(files)
+    }
+
+    pub fn insert(&mut self, path: &str, text: String) {
+        self.files.insert(path.to_string(), text);
+    }
+
+    pub(crate) fn get(&self, what: &'static str, path: &str) -> Result<&str, SshError> {
+        self.files
+            .get(path)
+            .map(String::as_str)
+            .ok_or_else(|| SshError::LocalFile {
+                what,
+                path: path.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "it was not read before connecting",
+                ),
+            })
+    }
+}
+
 fn redact(p: &Option<String>) -> Option<&'static str> {
     p.as_ref().map(|_| "<redacted>")
 }
@@ -167,6 +226,30 @@ impl Endpoint {
 }
 
 impl SshConfig {
+    /// Every file connecting will read: private keys and known_hosts of the target and
+    /// of the bastion, in that order.
+    pub fn credential_files(&self) -> Vec<CredentialFile> {
+        let mut out = Vec::new();
+        let mut add = |what: &'static str, p: &Option<String>| {
+            if let Some(path) = p {
+                let f = CredentialFile {
+                    what,
+                    path: path.clone(),
+                };
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        };
+        add("private key", &self.private_key_file);
+        add("known_hosts file", &self.known_hosts);
+        if let Some(b) = &self.bastion {
+            add("private key", &b.private_key_file);
+            add("known_hosts file", &b.known_hosts);
+        }
+        out
+    }
+
     pub(crate) fn timeout(&self) -> Result<Duration, SshError> {
         match &self.timeout {
             None => Ok(DEFAULT_TIMEOUT),

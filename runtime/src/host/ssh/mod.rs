@@ -9,10 +9,15 @@ mod auth;
 mod config;
 mod error;
 mod host_key;
+mod machine;
 mod session;
 mod transfer;
 
-pub use config::{BastionConfig, ConnectOptions, DEFAULT_CIPHERS, DEFAULT_TIMEOUT, SshConfig};
+pub use config::{
+    BastionConfig, ConnectOptions, CredentialFile, DEFAULT_CIPHERS, DEFAULT_TIMEOUT, KeyFiles,
+    SshConfig,
+};
 pub use error::SshError;
+pub use machine::SshMachine;
 pub(crate) use session::quote_path;
 pub use session::{ExecOutput, Session, Stream};

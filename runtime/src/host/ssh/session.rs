@@ -4,16 +4,16 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cap_std::fs::Dir;
 use russh::client::{self, Handle, Msg};
 use russh::keys::PublicKeyOrCertificate;
 use russh::{Channel, ChannelMsg, Disconnect, Sig};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auth::{Credentials, authenticate};
-use super::config::{ConnectOptions, Endpoint, SshConfig};
+use super::config::{ConnectOptions, Endpoint, KeyFiles, SshConfig};
 use super::error::{SshError, from_russh};
 use super::host_key::{HostKeyPolicy, Verdict, VerdictSlot, known_keys_for};
+pub use crate::host::machine::{ExecOutput, Stream};
 
 /// Channel window: big enough that one channel is not throttled by round trips
 /// (russh's 2 MiB default caps a channel at ~2 MiB per RTT). The client ignores
@@ -45,32 +45,6 @@ const RETRY_REJECTED_MAX: Duration = Duration::from_secs(2);
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
 /// A "line" without a newline is cut here so a binary blob cannot grow memory unboundedly.
 const MAX_LINE: usize = 64 * 1024;
-
-/// Which output stream a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Result of a remote command.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// The exit status, or -1 when the command was killed by a signal.
-    pub exit_code: i32,
-    /// The signal name without "SIG" (e.g. "TERM") when killed by a signal.
-    pub signal: Option<String>,
-    /// The last `MAX_CAPTURE` bytes of stdout.
-    pub stdout: Vec<u8>,
-    /// The last `MAX_CAPTURE` bytes of stderr.
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    pub fn success(&self) -> bool {
-        self.exit_code == 0 && self.signal.is_none()
-    }
-}
 
 pub(crate) struct ClientHandler {
     policy: Arc<HostKeyPolicy>,
@@ -144,18 +118,12 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(ep: Endpoint, project: &Dir, config: Arc<client::Config>) -> Result<Self, SshError> {
+    fn new(ep: Endpoint, files: &KeyFiles, config: Arc<client::Config>) -> Result<Self, SshError> {
         let known_hosts = match &ep.known_hosts {
             None => None,
             Some(path) => {
-                let text = project
-                    .read_to_string(path)
-                    .map_err(|source| SshError::LocalFile {
-                        what: "known_hosts file",
-                        path: path.clone(),
-                        source,
-                    })?;
-                Some((path.clone(), known_keys_for(&text, &ep.host, ep.port)))
+                let text = files.get("known_hosts file", path)?;
+                Some((path.clone(), known_keys_for(text, &ep.host, ep.port)))
             }
         };
         let policy = HostKeyPolicy {
@@ -176,7 +144,7 @@ impl Prepared {
             tracing::warn!(target = %ep.target(),
                 "insecure_ignore_host_key: the host key of this machine will not be verified");
         }
-        let creds = Credentials::load(&ep, project)?;
+        let creds = Credentials::load(&ep, files)?;
         Ok(Prepared {
             ep,
             creds,
@@ -566,7 +534,7 @@ impl Session {
     /// missing verification fails at once.
     pub async fn connect(
         cfg: &SshConfig,
-        project: &Dir,
+        files: &KeyFiles,
         opts: &ConnectOptions,
     ) -> Result<Session, SshError> {
         let started = Instant::now();
@@ -576,7 +544,7 @@ impl Session {
             max_rejections: cfg.handshake_attempts()?,
         };
         let config = client_config(cfg)?;
-        let target = Prepared::new(cfg.endpoint(opts)?, project, config.clone())?;
+        let target = Prepared::new(cfg.endpoint(opts)?, files, config.clone())?;
         let target_name = target.ep.target();
 
         let (handle, fingerprint, bastion) = match &cfg.bastion {
@@ -585,7 +553,7 @@ impl Session {
                 (h, fp, None)
             }
             Some(b) => {
-                let jump = Prepared::new(b.endpoint(), project, config.clone())?;
+                let jump = Prepared::new(b.endpoint(), files, config.clone())?;
                 let jump_name = jump.ep.target();
                 let (bh, _) = with_retries(&jump_name, budget, || jump.attempt_tcp()).await?;
                 let (h, fp) =

@@ -1,5 +1,8 @@
-//! Per-build state shared by the orchestrator and the Rhai objects (`ctx`, machines):
-//! who is running, its cleanup stack, and cancellation (Ctrl-C, step timeouts).
+//! Per-build state shared by the runner and the Rhai objects (`ctx`, machines): who is
+//! running, its cleanup stack, cancellation (Ctrl-C, step timeouts), and the typed
+//! reasons a step fails. It sits below both the runner and the script layer, so
+//! neither depends on the other through it: the runner hands itself in as a
+//! [`Provision`] for `ctx.provision(m)`.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -7,10 +10,83 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::cleanup::CleanupStack;
-use crate::caps::{Broker, Scope};
+use crate::caps::machine::{CallError, MachineCap};
+use crate::caps::{Broker, Denied, Holder, Scope, ScopeError};
+use crate::cleanup::{CleanupId, CleanupStack};
+use crate::host::machine::{ExecOutput, MachineError};
 use crate::plan::{BuildSpec, Plan, SourceSpec};
 use crate::ui::Ui;
+use crate::wasm::WasmRuntime;
+
+/// Why a step (or a machine call inside one) failed: the runner matches on these,
+/// never on message text.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StepError {
+    /// The broker refused a capability; the message names the `allow` line.
+    #[error(transparent)]
+    Denied(Denied),
+    /// The machine dropped the connection (a reboot): `expect_disconnect` accepts it.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    /// The step's timeout, Ctrl-C or SIGTERM stopped it.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A command exited non-zero (or was killed) where success was required.
+    #[error("{message}")]
+    Exit { code: i32, message: String },
+    /// Anything else, with its message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StepError {
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, StepError::Disconnected(_))
+    }
+}
+
+impl From<CallError> for StepError {
+    fn from(e: CallError) -> Self {
+        match e {
+            ScopeError::Denied(d) => StepError::Denied(d),
+            ScopeError::Failed(MachineError::Disconnected(m)) => StepError::Disconnected(m),
+            ScopeError::Failed(other) => StepError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// A command's exit as a step result: success if its status is in `valid`, else an
+/// [`StepError::Exit`] quoting the last lines of its stderr.
+pub fn check_exit(out: &ExecOutput, valid: &[i32]) -> Result<(), StepError> {
+    if out.signal.is_none() && valid.contains(&out.exit_code) {
+        return Ok(());
+    }
+    let mut message = match &out.signal {
+        Some(sig) => format!("command was killed by signal {sig}"),
+        None => format!("command exited with status {}", out.exit_code),
+    };
+    let tail = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+    if !tail.is_empty() {
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        message.push_str(&format!(" (stderr: {})", tail.join(" | ")));
+    }
+    Err(StepError::Exit {
+        code: out.exit_code,
+        message,
+    })
+}
+
+/// Runs a build's provisioning steps on a machine: the runner implements it, and the
+/// builder script reaches it as `ctx.provision(m)`.
+pub trait Provision: Send + Sync {
+    fn provision(
+        &self,
+        rt: &Arc<BuildRt>,
+        engine: &rhai::Engine,
+        machine: &MachineCap,
+    ) -> Result<(), String>;
+}
 
 /// A cancellation token that remembers why it was cancelled.
 #[derive(Clone, Default)]
@@ -84,9 +160,11 @@ pub struct BuildRt {
     pub started: time::OffsetDateTime,
     /// The builder's own scope (its grants).
     pub builder_scope: Scope,
-    pub wasm: Arc<crate::build::wasm_step::WasmRuntime>,
+    pub wasm: Arc<WasmRuntime>,
+    /// The runner, for `ctx.provision(m)`.
+    pub provisioner: Arc<dyn Provision>,
     /// Files and directories the build created, by path, until kept as artifacts.
-    owned: Mutex<std::collections::HashMap<String, super::cleanup::CleanupId>>,
+    owned: Mutex<std::collections::HashMap<String, CleanupId>>,
     /// Host objects that must live as long as the build (an HTTP server for the guest).
     held: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
@@ -101,36 +179,49 @@ impl BuildRt {
         broker: Arc<Broker>,
         cancel: Cancel,
         force: bool,
-        wasm: Arc<crate::build::wasm_step::WasmRuntime>,
-    ) -> Self {
+        wasm: Arc<WasmRuntime>,
+        provisioner: Arc<dyn Provision>,
+    ) -> Arc<Self> {
         let label = crate::plan::pair_name(&build, &source);
-        let builder_scope = broker.scope(
-            &label,
-            &format!("builder {}", source.builder),
-            source.grants.clone(),
-        );
-        BuildRt {
-            label,
-            build,
-            source,
-            plan,
-            ui,
-            broker,
-            cleanup: CleanupStack::new(),
-            handle: tokio::runtime::Handle::current(),
-            current: Mutex::new(cancel.clone()),
-            cancel,
-            force,
-            started: time::OffsetDateTime::now_utc(),
-            builder_scope,
-            wasm,
-            owned: Mutex::new(Default::default()),
-            held: Mutex::new(Vec::new()),
-        }
+        Arc::new_cyclic(|me: &std::sync::Weak<BuildRt>| {
+            let builder_scope = broker
+                .scope(
+                    &label,
+                    &format!("builder {}", source.builder),
+                    Holder::Source,
+                    source.grants.clone(),
+                )
+                .with_stop_reason(Self::stop_reason_of(me.clone()));
+            BuildRt {
+                label,
+                build,
+                source,
+                plan,
+                ui,
+                broker,
+                cleanup: CleanupStack::new(),
+                handle: tokio::runtime::Handle::current(),
+                current: Mutex::new(cancel.clone()),
+                cancel,
+                force,
+                started: time::OffsetDateTime::now_utc(),
+                builder_scope,
+                wasm,
+                provisioner,
+                owned: Mutex::new(Default::default()),
+                held: Mutex::new(Vec::new()),
+            }
+        })
+    }
+
+    /// Why the build's current work stops, read through a weak handle (scopes live
+    /// inside the build; a strong one would keep it alive forever).
+    pub fn stop_reason_of(me: std::sync::Weak<BuildRt>) -> crate::caps::StopReason {
+        Arc::new(move || me.upgrade().and_then(|rt| rt.stop_reason()))
     }
 
     /// Remembers that `path` was created under cleanup entry `id`.
-    pub fn own(&self, path: &str, id: super::cleanup::CleanupId) {
+    pub fn own(&self, path: &str, id: CleanupId) {
         self.owned
             .lock()
             .unwrap_or_else(|p| p.into_inner())

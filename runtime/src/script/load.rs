@@ -1,4 +1,5 @@
-//! Loading a build script into a [`Plan`].
+//! Loading a build script: evaluating its top level into a [`Plan`], kept with the
+//! compiled script and library as a [`Program`] the runner executes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,12 +7,35 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::{Plan, VarInfo};
+use super::declare::{self, DeclState};
+use super::error::Sources;
+use super::library::Library;
+use super::{ScriptError, engine, resolver::KilnResolver};
 use crate::caps::Project;
-use crate::script::declare::{self, DeclState, Library};
-use crate::script::error::Sources;
-use crate::script::{ScriptError, engine, resolver::KilnResolver};
+use crate::plan::Plan;
 use crate::ui::Redactor;
+
+/// A loaded build script: the plan it declared, and what running it needs (the
+/// compiled script, for closure steps, and the builder/post-processor library).
+pub struct Program {
+    pub plan: Arc<Plan>,
+    pub ast: Arc<rhai::AST>,
+    pub library: Arc<Library>,
+}
+
+impl Program {
+    /// Locates an error raised while running this program's scripts.
+    pub fn locate(&self, e: &rhai::EvalAltResult) -> ScriptError {
+        self.library
+            .sources()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .locate(e, &self.plan.script_name)
+    }
+}
+
+/// The environment prefix that sets variables, as Packer's `PKR_VAR_`.
+pub const ENV_PREFIX: &str = "KILN_VAR_";
 
 /// Names tried when PATH is a directory.
 pub const SCRIPT_NAMES: &[&str] = &["build.rhai", "kiln.rhai"];
@@ -58,7 +82,7 @@ pub fn find_script(path: &Path) -> Result<PathBuf, LoadError> {
 
 /// Evaluates the script at `path` (a file or a directory holding `build.rhai`).
 /// Paths in the script are relative to the script's directory, the project.
-pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan, LoadError> {
+pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Program, LoadError> {
     let script = find_script(path)?;
     let text = std::fs::read_to_string(&script)
         .map_err(|e| LoadError::Config(format!("{}: {e}", script.display())))?;
@@ -73,7 +97,16 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "build.rhai".into());
 
+    // Precedence, lowest first: the environment, var files, --var (then a default).
     let mut inputs = BTreeMap::new();
+    for (k, v) in std::env::vars_os() {
+        let (Some(k), Some(v)) = (k.to_str(), v.to_str()) else {
+            continue;
+        };
+        if let Some(name) = k.strip_prefix(ENV_PREFIX).filter(|n| !n.is_empty()) {
+            inputs.insert(name.to_string(), (v.to_string(), "env"));
+        }
+    }
     for f in &opts.var_files {
         for (k, v) in read_var_file(f)? {
             inputs.insert(k, (v, "var-file"));
@@ -103,7 +136,7 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
     let mut eng = engine::hardened(engine::Limits::default());
     eng.set_module_resolver(KilnResolver::new(project.clone(), sources.clone()));
     declare::register(&mut eng, decl.clone());
-    crate::script::runtime::register_types(&mut eng);
+    super::api::register_types(&mut eng);
     eng.on_print(|s| tracing::info!(target: "kiln::script", "{s}"));
 
     let locate = |e: &rhai::EvalAltResult| {
@@ -159,11 +192,13 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Plan
         secrets: std::mem::take(&mut st.secrets),
         sources: std::mem::take(&mut st.sources),
         builds: std::mem::take(&mut st.builds),
-        ast: Arc::new(ast),
-        library,
     };
     drop(st);
-    Ok(plan)
+    Ok(Program {
+        plan: Arc::new(plan),
+        ast: Arc::new(ast),
+        library,
+    })
 }
 
 /// A var file: a JSON object, or `key = value` lines (HCL-like `.pkrvars` subset;
@@ -213,11 +248,4 @@ fn read_var_file(path: &Path) -> Result<Vec<(String, String)>, LoadError> {
         out.push((k.trim().to_string(), v.to_string()));
     }
     Ok(out)
-}
-
-impl Plan {
-    /// The variables, for `kiln inspect`.
-    pub fn var_table(&self) -> Vec<(&String, &VarInfo)> {
-        self.vars.iter().collect()
-    }
 }

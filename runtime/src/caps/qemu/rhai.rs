@@ -1,35 +1,32 @@
-//! The Rhai face of the VM and image primitives (`vm.qemu`), the HTTP server for
-//! guests, and the artifact primitives (compress, Vagrant box). Hot paths run in
-//! Rust; the builder scripts only sequence them. Every call passes the broker, and
-//! everything created goes on the build's cleanup stack before the call returns.
+//! The VM and image primitives (`ctx.qemu_start`, `ctx.image_convert`, ...) and the
+//! HTTP server for guests, for builder scripts: a few lines each over [`super::run`].
+//! Hot paths run in Rust; the builder scripts only sequence them. Everything created
+//! goes on the build's cleanup stack before the call returns.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
 
-use super::error::runtime_err;
-use super::runtime::{Ctx, block};
-use super::value;
-use crate::build::context::BuildRt;
-use crate::caps::{Capability, Scope};
+use crate::caps::{Scope, Use};
+use crate::context::BuildRt;
 use crate::host::{httpd, image, qemu};
+use crate::script::api::{Ctx, block};
+use crate::script::error::runtime_err;
+use crate::script::value;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
 /// A running VM as a script sees it.
 #[derive(Clone)]
 pub struct VmObj {
-    pub(super) vm: Arc<qemu::Vm>,
+    pub vm: Arc<qemu::Vm>,
     rt: Arc<BuildRt>,
+    scope: Scope,
 }
 
 fn err(ctx: &NativeCallContext, msg: impl std::fmt::Display) -> Box<EvalAltResult> {
     runtime_err(msg.to_string(), ctx.call_position())
-}
-
-fn need(ctx: &NativeCallContext, scope: &Scope, cap: Capability, detail: &str) -> RhaiResult<()> {
-    scope.check(&cap, detail).map_err(|e| err(ctx, e))
 }
 
 fn read_path(ctx: &NativeCallContext, c: &Ctx, path: &str) -> RhaiResult<PathBuf> {
@@ -56,76 +53,22 @@ fn opt_str(m: &Map, key: &str) -> Result<Option<String>, String> {
 
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<VmObj>("Vm");
-    register_files(engine);
     register_images(engine);
     register_vm(engine);
-    register_artifacts(engine);
 }
 
-fn register_files(engine: &mut Engine) {
-    // An output directory: refused if it exists (Packer's rule) unless --force, which
-    // removes it first; removed again if the build fails, unless kept.
-    engine.register_fn("output_dir", |ctx: NativeCallContext, c: &mut Ctx, path: &str| -> RhaiResult<String> {
-        let abs = write_path(&ctx, c, &format!("{}/.kiln-probe", path.trim_end_matches('/')))?;
-        let dir = abs.parent().map(Path::to_path_buf).unwrap_or(abs);
-        let has_content = std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-        if has_content {
-            if !c.rt.force {
-                return Err(err(
-                    &ctx,
-                    format!("output directory {path} already exists and is not empty; remove it or run with --force"),
-                ));
-            }
-            c.rt.ui.say(&c.rt.label, &format!("Deleting previous output directory {path} (--force)"));
-            std::fs::remove_dir_all(&dir).map_err(|e| err(&ctx, format!("{path}: {e}")))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| err(&ctx, format!("{path}: {e}")))?;
-        let d = dir.clone();
-        let id = c.rt.cleanup.push(format!("output directory {path}"), move || async move {
-            tokio::fs::remove_dir_all(&d).await.or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
-            })?;
-            Ok(())
-        });
-        c.rt.own(path, id);
-        Ok(path.to_string())
-    });
-    engine.register_fn(
-        "remove_file",
-        |ctx: NativeCallContext, c: &mut Ctx, path: &str| -> RhaiResult<()> {
-            let abs = write_path(&ctx, c, path)?;
-            std::fs::remove_file(&abs).map_err(|e| err(&ctx, format!("{path}: {e}")))?;
-            c.rt.keep(path);
-            Ok(())
-        },
-    );
-    engine.register_fn(
-        "keep",
-        |ctx: NativeCallContext, c: &mut Ctx, path: &str| -> RhaiResult<()> {
-            if !c.rt.keep(path) {
-                return Err(err(
-                    &ctx,
-                    format!("keep({path:?}): this build did not create {path}"),
-                ));
-            }
-            Ok(())
-        },
-    );
-}
-
-fn register_images(engine: &mut Engine) {
+pub(super) fn register_images(engine: &mut Engine) {
     engine.register_fn(
         "accelerator",
         |ctx: NativeCallContext, c: &mut Ctx, choice: &str| -> RhaiResult<Map> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("probe accelerator {choice}"),
-            )?;
+            let detail = format!("probe accelerator {choice}");
             let choice: qemu::Accelerator = choice.parse().map_err(|e| err(&ctx, e))?;
-            let accel =
-                block(&ctx, &c.rt, qemu::probe_accelerator(choice))?.map_err(|e| err(&ctx, e))?;
+            let accel = block(
+                &ctx,
+                &c.rt,
+                super::run(&c.scope, &detail, qemu::probe_accelerator(choice)),
+            )?
+            .map_err(|e| err(&ctx, e))?;
             let mut m = Map::new();
             m.insert("kind".into(), accel.qemu_name().into());
             m.insert("reason".into(), accel.reason.clone().into());
@@ -140,12 +83,6 @@ fn register_images(engine: &mut Engine) {
          dest: &str,
          size: Dynamic|
          -> RhaiResult<String> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("qemu-img create {dest} (backing {base})"),
-            )?;
             let base_abs = read_path(&ctx, c, base)?;
             let dest_abs = write_path(&ctx, c, dest)?;
             let size = if size.is_unit() {
@@ -156,7 +93,11 @@ fn register_images(engine: &mut Engine) {
             let img = block(
                 &ctx,
                 &c.rt,
-                image::create_overlay(&base_abs, &dest_abs, size, &c.rt.cleanup),
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img create {dest} (backing {base})"),
+                    image::create_overlay(&base_abs, &dest_abs, size, &c.rt.cleanup),
+                ),
             )?
             .map_err(|e| err(&ctx, e))?;
             c.rt.own(dest, img.cleanup);
@@ -171,19 +112,17 @@ fn register_images(engine: &mut Engine) {
          size: Dynamic,
          format: &str|
          -> RhaiResult<String> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("qemu-img create {dest}"),
-            )?;
             let dest_abs = write_path(&ctx, c, dest)?;
             let size = value::size_bytes(&size, "disk_size").map_err(|m| err(&ctx, m))?;
             let format: image::ImageFormat = format.parse().map_err(|e| err(&ctx, e))?;
             let img = block(
                 &ctx,
                 &c.rt,
-                image::create_blank(&dest_abs, size, format, &c.rt.cleanup),
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img create {dest}"),
+                    image::create_blank(&dest_abs, size, format, &c.rt.cleanup),
+                ),
             )?
             .map_err(|e| err(&ctx, e))?;
             c.rt.own(dest, img.cleanup);
@@ -199,12 +138,6 @@ fn register_images(engine: &mut Engine) {
          format: &str,
          compression: &str|
          -> RhaiResult<String> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("qemu-img convert {src} => {dest}"),
-            )?;
             let src_abs = read_path(&ctx, c, src)?;
             let dest_abs = write_path(&ctx, c, dest)?;
             let format: image::ImageFormat = format.parse().map_err(|e| err(&ctx, e))?;
@@ -225,13 +158,17 @@ fn register_images(engine: &mut Engine) {
             let img = block(
                 &ctx,
                 &c.rt,
-                image::convert(
-                    &src_abs,
-                    &dest_abs,
-                    format,
-                    compression,
-                    &c.rt.cleanup,
-                    &|pct| bar.set(pct),
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img convert {src} => {dest}"),
+                    image::convert(
+                        &src_abs,
+                        &dest_abs,
+                        format,
+                        compression,
+                        &c.rt.cleanup,
+                        &|pct| bar.set(pct),
+                    ),
                 ),
             )?
             .map_err(|e| err(&ctx, e))?;
@@ -243,14 +180,17 @@ fn register_images(engine: &mut Engine) {
     engine.register_fn(
         "image_info",
         |ctx: NativeCallContext, c: &mut Ctx, path: &str| -> RhaiResult<Map> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("qemu-img info {path}"),
-            )?;
             let abs = read_path(&ctx, c, path)?;
-            let info = block(&ctx, &c.rt, image::info(&abs))?.map_err(|e| err(&ctx, e))?;
+            let info = block(
+                &ctx,
+                &c.rt,
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img info {path}"),
+                    image::info(&abs),
+                ),
+            )?
+            .map_err(|e| err(&ctx, e))?;
             let mut m = Map::new();
             m.insert("format".into(), info.format.into());
             m.insert("virtual_size".into(), (info.virtual_size as i64).into());
@@ -270,15 +210,18 @@ fn register_images(engine: &mut Engine) {
     engine.register_fn(
         "image_resize",
         |ctx: NativeCallContext, c: &mut Ctx, path: &str, size: Dynamic| -> RhaiResult<()> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("qemu-img resize {path}"),
-            )?;
             let abs = write_path(&ctx, c, path)?;
             let size = value::size_bytes(&size, "disk_size").map_err(|m| err(&ctx, m))?;
-            block(&ctx, &c.rt, image::resize(&abs, size))?.map_err(|e| err(&ctx, e))
+            block(
+                &ctx,
+                &c.rt,
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img resize {path}"),
+                    image::resize(&abs, size),
+                ),
+            )?
+            .map_err(|e| err(&ctx, e))
         },
     );
     // HTTP for the guest (Packer's http_directory), plus in-memory files such as
@@ -287,12 +230,6 @@ fn register_images(engine: &mut Engine) {
     engine.register_fn(
         "http_serve",
         |ctx: NativeCallContext, c: &mut Ctx, dir: Dynamic, files: Map| -> RhaiResult<Map> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                "http server for the guest",
-            )?;
             let mut cfg = httpd::HttpdConfig::default();
             if !dir.is_unit() {
                 let d = value::string(&dir, "http_directory").map_err(|m| err(&ctx, m))?;
@@ -306,10 +243,18 @@ fn register_images(engine: &mut Engine) {
             for (k, v) in files {
                 cfg.files.insert(k.to_string(), v.to_string().into_bytes());
             }
-            let server =
-                block(&ctx, &c.rt, httpd::serve(cfg, &c.rt.cleanup))?.map_err(|e| err(&ctx, e))?;
+            let server = block(
+                &ctx,
+                &c.rt,
+                super::run(
+                    &c.scope,
+                    "http server for the guest",
+                    httpd::serve(cfg, &c.rt.cleanup),
+                ),
+            )?
+            .map_err(|e| err(&ctx, e))?;
             let mut m = Map::new();
-            m.insert("port".into(), (server.port() as i64).into());
+            m.insert("port".into(), i64::from(server.port()).into());
             m.insert("ip".into(), httpd::GUEST_HOST_IP.to_string().into());
             m.insert("url".into(), server.guest_url().into());
             // The server lives until the build ends (or the cleanup stack stops it).
@@ -325,22 +270,20 @@ fn register_images(engine: &mut Engine) {
          user_data: &str,
          meta_data: &str|
          -> RhaiResult<String> {
-            need(
-                &ctx,
-                &c.scope,
-                Capability::VmQemu,
-                &format!("cloud-init seed disk {dest}"),
-            )?;
             let abs = write_path(&ctx, c, dest)?;
             let img = block(
                 &ctx,
                 &c.rt,
-                httpd::nocloud_seed_disk(
-                    &abs,
-                    user_data.as_bytes(),
-                    meta_data.as_bytes(),
-                    None,
-                    &c.rt.cleanup,
+                super::run(
+                    &c.scope,
+                    &format!("cloud-init seed disk {dest}"),
+                    httpd::nocloud_seed_disk(
+                        &abs,
+                        user_data.as_bytes(),
+                        meta_data.as_bytes(),
+                        None,
+                        &c.rt.cleanup,
+                    ),
                 ),
             )?
             .map_err(|e| err(&ctx, e))?;
@@ -368,12 +311,14 @@ const VM_KEYS: &[&str] = &[
     "net_device",
 ];
 
-fn register_vm(engine: &mut Engine) {
+pub(super) fn register_vm(engine: &mut Engine) {
     engine.register_fn(
         "qemu_start",
         |ctx: NativeCallContext, c: &mut Ctx, spec: Map| -> RhaiResult<VmObj> {
             value::check_keys(&spec, VM_KEYS, "qemu_start").map_err(|m| err(&ctx, m))?;
-            need(&ctx, &c.scope, Capability::VmQemu, "start qemu")?;
+            c.scope
+                .check(&Use::flag(&super::SPEC))
+                .map_err(|e| err(&ctx, e))?;
             let get = |k: &str| opt_str(&spec, k).map_err(|m| err(&ctx, m));
             let disk = get("disk")?.ok_or_else(|| err(&ctx, "qemu_start: `disk` is required"))?;
             let out = get("output_directory")?
@@ -395,10 +340,12 @@ fn register_vm(engine: &mut Engine) {
                 vm.disk_format = f.parse().map_err(|e| err(&ctx, e))?;
             }
             if let Some(m) = spec.get("memory") {
-                vm.memory_mib = value::int(m, "memory").map_err(|e| err(&ctx, e))? as u32;
+                vm.memory_mib =
+                    value::int_in::<u32>(m, "memory", "a size in MiB").map_err(|e| err(&ctx, e))?;
             }
             if let Some(n) = spec.get("cpus") {
-                vm.cpus = value::int(n, "cpus").map_err(|e| err(&ctx, e))? as u32;
+                vm.cpus = value::int_in::<u32>(n, "cpus", "a number of CPUs")
+                    .map_err(|e| err(&ctx, e))?;
             }
             vm.cpu = get("cpu_model")?;
             if let Some(i) = get("disk_interface")? {
@@ -411,7 +358,10 @@ fn register_vm(engine: &mut Engine) {
                 vm.headless = value::bool(h, "headless").map_err(|e| err(&ctx, e))?;
             }
             if let Some(p) = spec.get("http_port").filter(|v| !v.is_unit()) {
-                vm.http_port = Some(value::int(p, "http_port").map_err(|e| err(&ctx, e))? as u16);
+                vm.http_port = Some(
+                    value::int_in::<u16>(p, "http_port", "a port (1-65535)")
+                        .map_err(|e| err(&ctx, e))?,
+                );
             }
             if let Some(iso) = get("cdrom")? {
                 vm.cdrom = Some(read_path(&ctx, c, &iso)?);
@@ -430,23 +380,21 @@ fn register_vm(engine: &mut Engine) {
                         .push(value::string_list(&a, "qemuargs").map_err(|m| err(&ctx, m))?);
                 }
             }
-            let started = std::time::Instant::now();
-            let vm =
-                block(&ctx, &c.rt, qemu::start(vm, &c.rt.cleanup))?.map_err(|e| err(&ctx, e))?;
-            c.scope.record(
-                &Capability::VmQemu,
-                &format!("start qemu pid {}", vm.pid()),
-                "ok",
-                started.elapsed().as_secs_f64() * 1000.0,
-            );
+            let vm = block(
+                &ctx,
+                &c.rt,
+                super::run(&c.scope, "start qemu", qemu::start(vm, &c.rt.cleanup)),
+            )?
+            .map_err(|e| err(&ctx, e))?;
             Ok(VmObj {
                 vm: Arc::new(vm),
                 rt: c.rt.clone(),
+                scope: c.scope.clone(),
             })
         },
     );
-    engine.register_get("ssh_port", |v: &mut VmObj| v.vm.ssh_port() as i64);
-    engine.register_get("pid", |v: &mut VmObj| v.vm.pid() as i64);
+    engine.register_get("ssh_port", |v: &mut VmObj| i64::from(v.vm.ssh_port()));
+    engine.register_get("pid", |v: &mut VmObj| i64::from(v.vm.pid()));
     engine.register_get("serial_log", |v: &mut VmObj| {
         v.vm.serial_log_path().display().to_string()
     });
@@ -454,7 +402,12 @@ fn register_vm(engine: &mut Engine) {
     engine.register_fn(
         "powerdown",
         |ctx: NativeCallContext, v: &mut VmObj| -> RhaiResult<()> {
-            block(&ctx, &v.rt, v.vm.powerdown())?.map_err(|e| err(&ctx, e))
+            block(
+                &ctx,
+                &v.rt,
+                super::run(&v.scope, "powerdown", v.vm.powerdown()),
+            )?
+            .map_err(|e| err(&ctx, e))
         },
     );
     engine.register_fn(
@@ -482,138 +435,15 @@ fn register_vm(engine: &mut Engine) {
     engine.register_fn(
         "boot_command",
         |ctx: NativeCallContext, v: &mut VmObj, keys: &str| -> RhaiResult<()> {
-            block(&ctx, &v.rt, v.vm.send_boot_command(keys))?.map_err(|e| err(&ctx, e))
+            block(
+                &ctx,
+                &v.rt,
+                super::run(&v.scope, "boot_command", v.vm.send_boot_command(keys)),
+            )?
+            .map_err(|e| err(&ctx, e))
         },
     );
     engine.register_fn("exit_status", |v: &mut VmObj| {
         v.vm.exit_status().unwrap_or_default()
     });
-}
-
-fn register_artifacts(engine: &mut Engine) {
-    engine.register_fn(
-        "compress",
-        |ctx: NativeCallContext,
-         c: &mut Ctx,
-         inputs: Array,
-         output: &str,
-         opts: Map|
-         -> RhaiResult<Map> {
-            value::check_keys(&opts, &["level", "threads"], "compress options")
-                .map_err(|m| err(&ctx, m))?;
-            let mut files = Vec::new();
-            let mut total = 0u64;
-            for i in inputs {
-                let p = value::string(&i, "compress input").map_err(|m| err(&ctx, m))?;
-                let abs = read_path(&ctx, c, &p)?;
-                total += std::fs::metadata(&abs).map(|m| m.len()).unwrap_or(0);
-                files.push(abs);
-            }
-            let out_abs = write_path(&ctx, c, output)?;
-            let options = crate::artifact::compress::CompressOptions {
-                level: opts
-                    .get("level")
-                    .map(|l| value::int(l, "level"))
-                    .transpose()
-                    .map_err(|m| err(&ctx, m))?
-                    .map(|l| l as i32),
-                threads: opts
-                    .get("threads")
-                    .map(|t| value::int(t, "threads"))
-                    .transpose()
-                    .map_err(|m| err(&ctx, m))?
-                    .unwrap_or(0) as usize,
-            };
-            let bar = Arc::new(c.rt.ui.progress(
-                &c.rt.label,
-                &format!("Compressing {output}"),
-                total,
-            ));
-            let b = bar.clone();
-            let done = block(
-                &ctx,
-                &c.rt,
-                crate::artifact::compress::compress(
-                    files,
-                    out_abs,
-                    options,
-                    c.rt.cleanup.clone(),
-                    Arc::new(move |n| b.set(n)),
-                ),
-            )?
-            .map_err(|e| err(&ctx, e))?;
-            if let Ok(bar) = Arc::try_unwrap(bar) {
-                bar.finish();
-            }
-            c.rt.own(output, done.cleanup);
-            let mut m = Map::new();
-            m.insert("path".into(), output.into());
-            m.insert("size".into(), (done.size as i64).into());
-            Ok(m)
-        },
-    );
-    engine.register_fn(
-        "vagrant_box",
-        |ctx: NativeCallContext,
-         c: &mut Ctx,
-         disk: &str,
-         output: &str,
-         opts: Map|
-         -> RhaiResult<Map> {
-            value::check_keys(
-                &opts,
-                &["driver", "compression_level", "vagrantfile"],
-                "vagrant options",
-            )
-            .map_err(|m| err(&ctx, m))?;
-            let disk_abs = read_path(&ctx, c, disk)?;
-            let out_abs = write_path(&ctx, c, output)?;
-            let mut o = crate::artifact::vagrant::BoxOptions::default();
-            if let Some(d) = opt_str(&opts, "driver").map_err(|m| err(&ctx, m))? {
-                o.driver = match d.as_str() {
-                    "kvm" => crate::artifact::vagrant::LibvirtDriver::Kvm,
-                    "qemu" => crate::artifact::vagrant::LibvirtDriver::Qemu,
-                    other => {
-                        return Err(err(
-                            &ctx,
-                            format!("driver {other:?}: use \"kvm\" or \"qemu\""),
-                        ));
-                    }
-                };
-            }
-            if let Some(l) = opts.get("compression_level") {
-                o.compression_level =
-                    value::int(l, "compression_level").map_err(|m| err(&ctx, m))? as u32;
-            }
-            if let Some(v) = opt_str(&opts, "vagrantfile").map_err(|m| err(&ctx, m))? {
-                let text =
-                    c.rt.plan
-                        .project
-                        .read_to_vec(&c.scope, &v, 1 << 20)
-                        .map_err(|e| err(&ctx, e))?;
-                o.vagrantfile = Some(String::from_utf8_lossy(&text).into_owned());
-            }
-            let done = block(
-                &ctx,
-                &c.rt,
-                crate::artifact::vagrant::libvirt_box(
-                    &disk_abs,
-                    &out_abs,
-                    &o,
-                    &c.rt.cleanup,
-                    Arc::new(|_| {}),
-                ),
-            )?
-            .map_err(|e| err(&ctx, e))?;
-            c.rt.own(output, done.cleanup);
-            let mut m = Map::new();
-            m.insert("path".into(), output.into());
-            m.insert("size".into(), (done.size as i64).into());
-            m.insert(
-                "virtual_size_gib".into(),
-                (done.virtual_size_gib as i64).into(),
-            );
-            Ok(m)
-        },
-    );
 }

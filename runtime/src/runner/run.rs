@@ -7,14 +7,15 @@ use std::time::Instant;
 
 use rhai::{Dynamic, Map, Scope as RhaiScope};
 
-use super::cleanup::CleanupReport;
-use super::context::{BuildRt, Cancel};
-use super::wasm_step::WasmRuntime;
-use crate::caps::{Broker, Grants};
+use super::steps::Steps;
+use crate::caps::{Broker, Grants, Holder};
+use crate::cleanup::CleanupReport;
+use crate::context::{BuildRt, Cancel};
 use crate::plan::{Plan, pair_name};
-use crate::script::runtime::Ctx;
-use crate::script::{declare, engine, resolver::KilnResolver};
+use crate::script::api::Ctx;
+use crate::script::{Program, declare, engine, resolver::KilnResolver};
 use crate::ui::Ui;
+use crate::wasm::WasmRuntime;
 
 /// What to do with resources when a build fails (Packer's `-on-error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,7 +92,7 @@ pub fn select(plan: &Plan, opts: &RunOptions) -> Result<Vec<String>, String> {
 
 /// Runs the selected builds and returns one outcome each, in plan order.
 pub async fn run_builds(
-    plan: Arc<Plan>,
+    program: Arc<Program>,
     ui: Ui,
     broker: Arc<Broker>,
     opts: RunOptions,
@@ -105,13 +106,17 @@ pub async fn run_builds(
     };
     let sem = Arc::new(tokio::sync::Semaphore::new(limit));
     let wasm = Arc::new(WasmRuntime::new());
+    let plan = program.plan.clone();
+    let steps = Arc::new(Steps {
+        program: program.clone(),
+    });
     let mut tasks = Vec::new();
     for (b, s) in plan.pairs() {
         let name = pair_name(b, s);
         if !selected.contains(&name) {
             continue;
         }
-        let rt = Arc::new(BuildRt::new(
+        let rt = BuildRt::new(
             b.clone(),
             s.clone(),
             plan.clone(),
@@ -120,12 +125,14 @@ pub async fn run_builds(
             cancel.child(),
             opts.force,
             wasm.clone(),
-        ));
+            steps.clone(),
+        );
         let sem = sem.clone();
         let on_error = opts.on_error;
+        let program = program.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            run_one(rt, on_error).await
+            run_one(rt, program, on_error).await
         }));
     }
     let mut out = Vec::new();
@@ -145,7 +152,7 @@ pub async fn run_builds(
     out
 }
 
-async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
+async fn run_one(rt: Arc<BuildRt>, program: Arc<Program>, on_error: OnError) -> BuildOutcome {
     let started = Instant::now();
     let label = rt.label.clone();
     if let Some(reason) = rt.cancel.reason() {
@@ -165,7 +172,7 @@ async fn run_one(rt: Arc<BuildRt>, on_error: OnError) -> BuildOutcome {
     rt.ui
         .event("build-start", serde_json::json!({ "build": label }));
     let worker = rt.clone();
-    let result = tokio::task::spawn_blocking(move || run_script(&worker))
+    let result = tokio::task::spawn_blocking(move || run_script(&worker, &program))
         .await
         .unwrap_or_else(|e| Err(format!("internal error: {e}")));
     let seconds = started.elapsed().as_secs_f64();
@@ -244,15 +251,16 @@ pub fn fmt_secs(s: f64) -> String {
     if s < 60.0 {
         format!("{s:.1}s")
     } else {
-        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+        let whole = std::time::Duration::from_secs_f64(s.max(0.0)).as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
     }
 }
 
 /// The Rhai part of one build: the builder's `run(cfg, ctx)`, then each
 /// post-processor's `run(cfg, artifact, ctx)`. Runs on a blocking thread.
-fn run_script(rt: &Arc<BuildRt>) -> Result<serde_json::Value, String> {
-    let engine = build_engine(rt);
-    let library = rt.plan.library.clone();
+fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value, String> {
+    let engine = build_engine(rt, program);
+    let library = program.library.clone();
     let locate = |e: &rhai::EvalAltResult, file: &str| -> String {
         if let rhai::EvalAltResult::ErrorTerminated(reason, _) = e {
             let r = reason.to_string();
@@ -297,11 +305,15 @@ fn run_script(rt: &Arc<BuildRt>) -> Result<serde_json::Value, String> {
         let ast = library
             .ast(&engine, &post.script)
             .map_err(|e| locate(&e, &post.script.to_string()))?;
-        let scope = rt.broker.scope(
-            &rt.label,
-            &format!("post-processor {}", post.name),
-            post_grants(&artifact, &post.config),
-        );
+        let scope = rt
+            .broker
+            .scope(
+                &rt.label,
+                &format!("post-processor {}", post.name),
+                Holder::PostProcessor,
+                post_grants(&artifact, &post.config),
+            )
+            .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
         let ctx = Ctx {
             rt: rt.clone(),
             scope,
@@ -360,14 +372,14 @@ fn post_grants(artifact: &Map, config: &Map) -> Grants {
 
 /// The engine one build runs on: hardened, unlimited operations but cancellable,
 /// the library resolver, sealed declarations and the runtime API.
-fn build_engine(rt: &Arc<BuildRt>) -> rhai::Engine {
+fn build_engine(rt: &Arc<BuildRt>, program: &Program) -> rhai::Engine {
     let mut eng = engine::hardened(engine::Limits {
         max_operations: 0,
         ..engine::Limits::default()
     });
     eng.set_module_resolver(KilnResolver::new(
         rt.plan.project.clone(),
-        rt.plan.library.sources().clone(),
+        program.library.sources().clone(),
     ));
     let decl = Arc::new(std::sync::Mutex::new(declare::DeclState {
         sealed: true,
@@ -377,10 +389,10 @@ fn build_engine(rt: &Arc<BuildRt>) -> rhai::Engine {
         sources: Default::default(),
         builds: Default::default(),
         redactor: rt.ui.redactor().clone(),
-        library: rt.plan.library.clone(),
+        library: program.library.clone(),
     }));
     declare::register(&mut eng, decl);
-    crate::script::runtime::register_runtime(&mut eng);
+    crate::script::api::register_runtime(&mut eng);
     let stop = rt.clone();
     engine::on_cancel(&mut eng, Arc::new(move || stop.stop_reason()));
     let ui = rt.ui.clone();

@@ -1,0 +1,243 @@
+//! `machine`: exec, upload, download and facts on the machine being built.
+//!
+//! [`MachineCap`] is the checked facade: the only way kiln code (shell and file steps,
+//! Rhai closures, WASM guests, builders) reaches a [`Machine`]. Every call goes
+//! through [`Scope::run`], so each one is checked against the caller's grant, timed,
+//! and audited with the same capability, object and outcome whichever sandbox made it.
+
+pub mod rhai;
+pub mod transfer;
+pub mod wasm;
+
+use std::sync::Arc;
+
+use super::broker::{Scope, ScopeError};
+use super::grants::Use;
+use super::spec::{CapSpec, Grammar};
+use crate::host::machine::{
+    ExecOutput, Facts, Machine, MachineError, Progress, Stream, UploadPath, Uploaded,
+};
+
+pub static SPEC: CapSpec = CapSpec {
+    key: "machine",
+    summary: "run commands and move files on the machine being built",
+    grammar: Grammar::Flag,
+    wit: &["kiln:host/machine"],
+    example: "allow: #{ machine: true }",
+};
+
+pub struct Cap;
+
+impl super::Capability for Cap {
+    fn spec(&self) -> &'static CapSpec {
+        &SPEC
+    }
+    fn register_rhai(&self, engine: &mut ::rhai::Engine) {
+        rhai::register(engine);
+    }
+    fn wasm(&self) -> Option<&'static dyn crate::wasm::host::Adapter> {
+        Some(&wasm::Adapter)
+    }
+}
+
+/// A failed machine call: refused by the broker, or failed on the machine.
+pub type CallError = ScopeError<MachineError>;
+
+/// Where command output goes as it arrives (the build's UI).
+pub type OutputSink = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+
+/// Largest file `read_file` returns unless the caller asks for less.
+pub const DEFAULT_READ_LIMIT: u64 = 64 << 20;
+
+/// The machine as one caller (step, builder) may use it.
+#[derive(Clone)]
+pub struct MachineCap {
+    machine: Arc<dyn Machine>,
+    scope: Scope,
+    output: OutputSink,
+    /// The step's `env`, exported before every command it runs.
+    env: Vec<(String, String)>,
+}
+
+impl MachineCap {
+    pub fn new(machine: Arc<dyn Machine>, scope: Scope, output: OutputSink) -> Self {
+        MachineCap {
+            machine,
+            scope,
+            output,
+            env: Vec::new(),
+        }
+    }
+
+    /// The same machine for another caller (a step with its own grants and env).
+    pub fn for_scope(&self, scope: Scope, env: Vec<(String, String)>) -> Self {
+        MachineCap {
+            machine: self.machine.clone(),
+            scope,
+            output: self.output.clone(),
+            env,
+        }
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    pub fn target(&self) -> String {
+        self.machine.target()
+    }
+
+    fn use_() -> Use {
+        Use::flag(&SPEC)
+    }
+
+    /// Runs `command` with the caller's env plus `extra`, streaming output to the UI.
+    pub async fn exec(
+        &self,
+        command: &str,
+        extra: &[(String, String)],
+    ) -> Result<ExecOutput, CallError> {
+        self.exec_audited(command, extra, command).await
+    }
+
+    /// [`MachineCap::exec`] audited as `exec <audit_as>` (a shell step's script path
+    /// instead of its wrapper).
+    pub async fn exec_audited(
+        &self,
+        command: &str,
+        extra: &[(String, String)],
+        audit_as: &str,
+    ) -> Result<ExecOutput, CallError> {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().cloned());
+        let out = self.output.clone();
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("exec {audit_as}"),
+                async {
+                    self.machine
+                        .exec(command, &env, &mut |s, line| out(s, line))
+                        .await
+                },
+                |o| match &o.signal {
+                    Some(sig) => format!("ok (killed by {sig})"),
+                    None => format!("ok (exit {})", o.exit_code),
+                },
+            )
+            .await
+    }
+
+    /// Runs a command kiln itself needs (cleanup of a killed step): audited, no output.
+    pub async fn exec_quiet(&self, command: &str, audit_as: &str) -> Result<ExecOutput, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("exec {audit_as}"),
+                self.machine.exec(command, &[], &mut |_, _| {}),
+                |o| format!("ok (exit {})", o.exit_code),
+            )
+            .await
+    }
+
+    /// Copies an open local file (`src` is how the caller named it) to `dest`.
+    pub async fn upload(
+        &self,
+        src: &str,
+        file: &cap_std::fs::File,
+        dest: &str,
+        mode: Option<u32>,
+        progress: Progress<'_>,
+    ) -> Result<Uploaded, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("upload {src} => {dest}"),
+                self.machine.upload(file, dest, mode, progress),
+                |u| match u.via {
+                    UploadPath::Normal => format!("ok ({} bytes)", u.bytes),
+                    UploadPath::VirtioDisk => format!("ok ({} bytes via a virtio disk)", u.bytes),
+                },
+            )
+            .await
+    }
+
+    /// Copies a local directory tree to `dest`.
+    pub async fn upload_tree(
+        &self,
+        src: &str,
+        dir: &cap_std::fs::Dir,
+        dest: &str,
+        progress: Progress<'_>,
+    ) -> Result<u64, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("upload {src} => {dest}"),
+                self.machine.upload_tree(dir, dest, progress),
+                |n| format!("ok ({n} bytes)"),
+            )
+            .await
+    }
+
+    pub async fn write_file(
+        &self,
+        dest: &str,
+        contents: &[u8],
+        mode: Option<u32>,
+    ) -> Result<(), CallError> {
+        self.scope
+            .run(
+                &Self::use_(),
+                &format!("write_file {dest}"),
+                self.machine.write_file(dest, contents, mode),
+            )
+            .await
+    }
+
+    pub async fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("read_file {path}"),
+                self.machine.read_file(path, max),
+                |b| format!("ok ({} bytes)", b.len()),
+            )
+            .await
+    }
+
+    /// Streams `remote` into `file` (`local` is how the caller named it).
+    pub async fn download(
+        &self,
+        remote: &str,
+        local: &str,
+        file: &mut cap_std::fs::File,
+        progress: Progress<'_>,
+    ) -> Result<u64, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                &format!("download {remote} => {local}"),
+                self.machine.download(remote, file, progress),
+                |n| format!("ok ({n} bytes)"),
+            )
+            .await
+    }
+
+    pub async fn facts(&self) -> Result<Facts, CallError> {
+        self.scope
+            .run(&Self::use_(), "facts", self.machine.facts())
+            .await
+    }
+
+    pub async fn reconnect(&self) -> Result<(), CallError> {
+        self.scope
+            .run(&Self::use_(), "reconnect", self.machine.reconnect())
+            .await
+    }
+
+    /// Closes the connection (not a use of the capability: the build is done with it).
+    pub async fn close(&self) {
+        self.machine.close().await;
+    }
+}

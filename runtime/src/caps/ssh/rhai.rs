@@ -1,0 +1,95 @@
+//! `ctx.connect(ssh, opts)` for builders: an SSH machine over [`super::connect`].
+
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+
+use crate::caps::machine::MachineCap;
+use crate::caps::machine::rhai::MachineObj;
+use crate::caps::qemu;
+use crate::host::machine::Machine;
+use crate::host::ssh::ConnectOptions;
+use crate::script::api::{Ctx, block};
+use crate::script::error::runtime_err;
+use crate::script::value;
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiResult<MachineObj> {
+    let err = |m: String| runtime_err(m, ctx.call_position());
+    value::check_keys(
+        &opts,
+        &["trust_on_first_use", "port", "vm"],
+        "connect options",
+    )
+    .map_err(err)?;
+    let cfg = value::ssh_config(&Dynamic::from_map(ssh)).map_err(err)?;
+    if cfg.host.as_deref().unwrap_or_default().is_empty() {
+        return Err(err("ssh: `host` is required".into()));
+    }
+    let tofu = match opts.get("trust_on_first_use") {
+        Some(v) => value::bool(v, "trust_on_first_use").map_err(err)?,
+        None => false,
+    };
+    // Pinning the first key seen is safe only for a machine the builder itself
+    // created, which is what the qemu grant says.
+    if tofu && !c.scope.grants().flag(&qemu::SPEC) {
+        return Err(err(
+            "trust_on_first_use is only for builders that create the VM (the qemu grant)".into(),
+        ));
+    }
+    let port_override = match opts.get("port") {
+        Some(p) => Some(value::int_in::<u16>(p, "port", "1-65535").map_err(err)?),
+        None => None,
+    };
+    // The VM this machine runs in, for uploads through a hot-plugged disk.
+    let file_disk = match opts.get("vm").filter(|v| !v.is_unit()) {
+        Some(v) => {
+            let vm = v
+                .clone()
+                .try_cast::<qemu::rhai::VmObj>()
+                .ok_or_else(|| err("`vm` must be the VM from ctx.qemu_start".into()))?;
+            Some(Arc::new(crate::host::qemu::FileDisk::new(vm.vm.clone())))
+        }
+        None => None,
+    };
+    let copts = ConnectOptions {
+        trust_on_first_use: tofu,
+        port_override,
+        ..ConnectOptions::default()
+    };
+    let project = c.rt.plan.project.clone();
+    let m = block(ctx, &c.rt, super::connect(&c.scope, &project, cfg, copts))?
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(d) = file_disk {
+        m.use_file_disk(d);
+    }
+    // Close the session when the build ends, whatever happens.
+    let closer = m.clone();
+    c.rt.cleanup.push(
+        format!("SSH session to {}", m.target()),
+        move || async move {
+            closer.close().await;
+            Ok(())
+        },
+    );
+    let ui = c.rt.ui.clone();
+    let label = c.rt.label.clone();
+    let cap = MachineCap::new(
+        Arc::new(m),
+        c.rt.builder_scope.clone(),
+        Arc::new(move |s, line| ui.output(&label, s.name(), line)),
+    );
+    Ok(MachineObj::new(cap, c.rt.clone()))
+}
+
+pub fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "connect",
+        |ctx: NativeCallContext, c: &mut Ctx, ssh: Map| connect(&ctx, c, ssh, Map::new()),
+    );
+    engine.register_fn(
+        "connect",
+        |ctx: NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map| connect(&ctx, c, ssh, opts),
+    );
+}

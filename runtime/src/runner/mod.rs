@@ -1,0 +1,8 @@
+//! The runner: runs a plan's builds in parallel, each build's steps in order, and
+//! unwinds each build's cleanup stack when it fails.
+
+pub mod run;
+pub mod steps;
+pub mod wasm_step;
+
+pub use run::{BuildOutcome, OnError, RunOptions, run_builds, select};

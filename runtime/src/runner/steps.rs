@@ -1,0 +1,273 @@
+//! Running a build's provisioning steps on a machine: shell, file, closure and WASM
+//! steps, with Packer's per-step options (timeout, retries, pause, only/except, env,
+//! expect_disconnect). Runs on the build's blocking (Rhai) thread. Every machine call
+//! goes through the step's own [`MachineCap`] (its scope, its grants); failures are
+//! [`StepError`] variants, matched on, never parsed from text.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{Dynamic, Engine};
+
+use crate::caps::machine::MachineCap;
+use crate::caps::machine::rhai::MachineObj;
+use crate::caps::{FsError, Holder};
+use crate::context::{BuildRt, Provision, StepError, check_exit};
+use crate::plan::{EnvValue, StepKind, StepSpec};
+use crate::script::Program;
+
+/// The runner's side of `ctx.provision(m)`: the build's steps, with the program that
+/// declared them (closure steps call back into it).
+pub struct Steps {
+    pub program: Arc<Program>,
+}
+
+impl Provision for Steps {
+    fn provision(
+        &self,
+        rt: &Arc<BuildRt>,
+        engine: &Engine,
+        machine: &MachineCap,
+    ) -> Result<(), String> {
+        run_steps(rt, &self.program, engine, machine)
+    }
+}
+
+/// Runs every step of the build that applies to this source, in order.
+fn run_steps(
+    rt: &Arc<BuildRt>,
+    program: &Program,
+    engine: &Engine,
+    machine: &MachineCap,
+) -> Result<(), String> {
+    let steps: Vec<(usize, &StepSpec)> = rt
+        .build
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.applies_to(&rt.source.name))
+        .collect();
+    let total = rt.build.steps.len();
+    for (i, step) in steps {
+        let n = i + 1;
+        let name = format!("step {n}/{total} ({})", step.describe());
+        let scope = rt
+            .broker
+            .scope(
+                &rt.label,
+                &format!("step {n} {}", step.kind_name()),
+                Holder::Step,
+                step.grants.clone(),
+            )
+            .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
+        let cap = machine.for_scope(scope, resolve_env(step));
+        if let Some(p) = step.options.pause_before {
+            rt.ui.say(
+                &rt.label,
+                &format!("Pausing {} before {name}...", humantime::format_duration(p)),
+            );
+            rt.block_on(tokio::time::sleep(p))?;
+        }
+        let attempts = step.options.max_retries + 1;
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = {
+                let _guard = rt.begin_step(step.options.timeout);
+                run_one(rt, program, engine, &cap, step)
+            };
+            rt.ui.event(
+                "step-end",
+                serde_json::json!({
+                    "build": rt.label, "step": n, "kind": step.kind_name(), "attempt": attempt,
+                    "ok": result.is_ok(), "seconds": started.elapsed().as_secs_f64(),
+                }),
+            );
+            match result {
+                Ok(()) => {
+                    tracing::debug!(step = %name, elapsed = ?started.elapsed(), "step done");
+                    break;
+                }
+                Err(e) if e.is_disconnect() && step.options.expect_disconnect => {
+                    rt.ui.say(
+                        &rt.label,
+                        "Machine disconnected as expected; reconnecting...",
+                    );
+                    rt.block_on(cap.reconnect())?.map_err(|e| {
+                        format!("{name}: reconnecting after the expected disconnect failed: {e}")
+                    })?;
+                    break;
+                }
+                // A denial does not go away by trying again.
+                Err(e @ StepError::Denied(_)) => return Err(format!("{name} failed: {e}")),
+                Err(e) => {
+                    if rt.cancel.is_cancelled() || attempt >= attempts {
+                        return Err(format!("{name} failed: {e}"));
+                    }
+                    rt.ui.warn(
+                        &rt.label,
+                        &format!(
+                            "{name} failed: {e}; retrying (attempt {} of {attempts})",
+                            attempt + 1
+                        ),
+                    );
+                    attempt += 1;
+                    rt.block_on(tokio::time::sleep(std::time::Duration::from_secs(2)))?;
+                    if e.is_disconnect() {
+                        let _ = rt.block_on(cap.reconnect());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_one(
+    rt: &Arc<BuildRt>,
+    program: &Program,
+    engine: &Engine,
+    cap: &MachineCap,
+    step: &StepSpec,
+) -> Result<(), StepError> {
+    match &step.kind {
+        StepKind::Shell { inline } => {
+            rt.ui.say(
+                &rt.label,
+                &format!("Provisioning with shell ({} commands)", inline.len()),
+            );
+            let mut script = String::from("#!/bin/sh -e\n");
+            for line in inline {
+                script.push_str(line);
+                script.push('\n');
+            }
+            run_script(rt, cap, step, script.as_bytes())
+        }
+        StepKind::ShellScript { path } => {
+            rt.ui.say(
+                &rt.label,
+                &format!("Provisioning with shell script: {path}"),
+            );
+            let bytes = rt
+                .plan
+                .project
+                .read_to_vec(cap.scope(), path, 64 << 20)
+                .map_err(fs_error)?;
+            run_script(rt, cap, step, &bytes)
+        }
+        StepKind::File { src, dest } => crate::caps::machine::transfer::upload(rt, cap, src, dest),
+        StepKind::Closure { .. } => run_closure(rt, program, engine, cap, step),
+        StepKind::Wasm { path, config_json } => {
+            rt.ui
+                .say(&rt.label, &format!("Running WASM provisioner {path}"));
+            super::wasm_step::run(rt, cap, step, path, config_json)
+        }
+    }
+}
+
+fn fs_error(e: FsError) -> StepError {
+    match e {
+        FsError::Denied(d) => StepError::Denied(d),
+        other => StepError::Failed(other.to_string()),
+    }
+}
+
+/// The step's `env`, with secrets resolved (inside the host, at the last moment).
+pub fn resolve_env(step: &StepSpec) -> Vec<(String, String)> {
+    step.options
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                EnvValue::Plain(s) => s.clone(),
+                EnvValue::Secret(s) => s.value().to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Uploads a script to a temp path, runs it, removes it (as Packer's shell
+/// provisioner does, so long scripts don't hit command-line limits).
+fn run_script(
+    rt: &Arc<BuildRt>,
+    cap: &MachineCap,
+    step: &StepSpec,
+    script: &[u8],
+) -> Result<(), StepError> {
+    let remote = format!("/tmp/kiln-shell-{}.sh", uuid::Uuid::new_v4().simple());
+    rt.block_on(cap.write_file(&remote, script, Some(0o700)))
+        .map_err(StepError::Cancelled)??;
+    // Run in the background with its pid on record, so an interrupted or timed-out
+    // build can kill it; the undo sits on the cleanup stack until the script ends.
+    let pidf = format!("{remote}.pid");
+    let cmd = format!(
+        "{remote} & pid=$!; echo $pid > {pidf}; wait $pid; rc=$?; rm -f {remote} {pidf}; exit $rc"
+    );
+    let killer = cap.clone();
+    let undo_cmd = format!(
+        // Children first: once the script dies they are re-parented and lost to -P.
+        "p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -TERM -P $p; kill -TERM $p; }} 2>/dev/null; rm -f {remote} {pidf}"
+    );
+    let undo_label = format!("stop {remote}");
+    let id = rt.cleanup.push(
+        format!("remote script {remote} (process and file)"),
+        move || async move {
+            killer.exec_quiet(&undo_cmd, &undo_label).await?;
+            Ok(())
+        },
+    );
+    let result = rt
+        .block_on(cap.exec_audited(&cmd, &[], &format!("run {remote}")))
+        .map_err(StepError::Cancelled)
+        .and_then(|r| r.map_err(StepError::from));
+    match &result {
+        Ok(_) => {
+            rt.cleanup.release(id);
+        }
+        // The whole build is stopping: its unwind kills the script.
+        Err(_) if rt.cancel.is_cancelled() => {}
+        // A step timeout or a lost command: stop the script now, before a retry.
+        Err(_) => {
+            if let Some(r) = rt.handle.block_on(rt.cleanup.undo_now(id)) {
+                tracing::debug!(what = %r.what, error = ?r.error, "stopped remote script");
+            }
+        }
+    }
+    check_exit(&result?, &step.options.valid_exit_codes)
+}
+
+fn run_closure(
+    rt: &Arc<BuildRt>,
+    program: &Program,
+    engine: &Engine,
+    cap: &MachineCap,
+    step: &StepSpec,
+) -> Result<(), StepError> {
+    let StepKind::Closure { func } = &step.kind else {
+        return Ok(());
+    };
+    rt.ui.say(&rt.label, "Running closure step");
+    let m = MachineObj::new(cap.clone(), rt.clone());
+    let r: Result<Dynamic, _> = func.call(engine, &program.ast, (m,));
+    r.map(|_| ()).map_err(|e| {
+        // The failure's kind survives the trip through Rhai; its text gets the
+        // script position.
+        let kind = crate::script::error::step_error_of(&e);
+        let located = program.locate(&e).to_string();
+        match kind {
+            Some(StepError::Disconnected(_)) => StepError::Disconnected(located),
+            Some(StepError::Cancelled(_)) => StepError::Cancelled(located),
+            Some(StepError::Exit { code, .. }) => StepError::Exit {
+                code,
+                message: located,
+            },
+            _ => match &e.as_ref() {
+                rhai::EvalAltResult::ErrorTerminated(reason, _) => {
+                    StepError::Cancelled(reason.to_string())
+                }
+                _ => StepError::Failed(located),
+            },
+        }
+    })
+}

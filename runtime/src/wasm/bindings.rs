@@ -1,0 +1,13 @@
+//! The host side of `guest-sdk/wit`: one `bindgen!` for the provisioner world. Each
+//! interface's `Host` trait is implemented by the capability that gates it
+//! (`caps::<x>::wasm`), or by [`super::host::log`] for the always-present log.
+
+wasmtime::component::bindgen!({
+    path: "../guest-sdk/wit",
+    world: "provisioner",
+    imports: { default: async | trappable },
+    exports: { default: async },
+});
+
+pub use kiln::host::types::{Error as WitError, ExecOutput as WitExecOutput};
+pub use kiln::host::{log, machine, secrets, types};
