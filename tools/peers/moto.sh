@@ -29,11 +29,16 @@ install() {
   fi
   # Debian's python3 (not a pyenv shim) so the venv survives changes to the user's toolchain;
   # python3-venv provides ensurepip on Debian.
-  local py=/usr/bin/python3
+  # curl: readiness polling and the IAM bootstrap in `start`.
+  local py=/usr/bin/python3 missing=()
   if [ ! -x "$py" ] || ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
+    missing+=(python3 python3-venv)
+  fi
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-cache show python3-venv >/dev/null 2>&1 || apt-get -o DPkg::Lock::Timeout=900 update -q
-    apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends python3 python3-venv
+    apt-cache show "${missing[@]}" >/dev/null 2>&1 || apt-get -o DPkg::Lock::Timeout=900 update -q
+    apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}"
   fi
   mkdir -p "$PEERS"
   # A venv cannot be moved after creation, so completeness is marked by a file written last:
@@ -47,7 +52,7 @@ install() {
 }
 
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # A signed-looking request: moto routes on the SigV4 credential scope, a bare request goes to S3.

@@ -7,6 +7,56 @@
 //! [`credentials`]. Behind the `testkit` feature, [`testkit::MotoServer`] runs a moto_server
 //! for tests.
 //!
+//! How the runtime uses it (the `amazon_ebs` builder, the ledger, `kiln cleanup`):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kiln_ec2::Ec2Error> {
+//! use std::sync::Arc;
+//! use kiln_ec2::*;
+//!
+//! let config = ClientConfig {
+//!     endpoint: None, // or Some("http://127.0.0.1:5000".into()) for moto
+//!     observer: Some(Arc::new(|r: &CallRecord| {
+//!         // audit through the broker: action, region, attempt, duration, outcome
+//!         eprintln!("{} {} #{} {:?} {}", r.action, r.region, r.attempt, r.duration, r.outcome.label());
+//!     })),
+//!     ..Default::default()
+//! };
+//! let creds = CredentialsConfig { profile: Some("ci".into()), ..Default::default() };
+//! let ec2 = Ec2Client::from_environment(Some("us-east-1"), &creds, config, &ProcessEnvironment)?;
+//!
+//! let mut tags = Tags::new();
+//! tags.insert("kiln:run".into(), "0b6c…".into());
+//! let source = ec2
+//!     .find_source_image(&SourceImageFilter {
+//!         filters: vec![Filter::new("name", ["debian-12-amd64-*"])],
+//!         owners: vec!["136693071363".into()],
+//!         most_recent: true,
+//!     })
+//!     .await?;
+//! // The ledger records the intent (kind, region, token, tags) before this call.
+//! let launched = ec2
+//!     .run_instance(&RunInstanceRequest {
+//!         image_id: source.image_id,
+//!         instance_type: "t3.micro".into(),
+//!         tags: tags.clone(),
+//!         volume_tags: tags.clone(),
+//!         client_token: Some("run-0b6c-launch".into()),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! let running = ec2.wait_instance_running(&launched.instance_id, &WaitOptions::default()).await?;
+//! # let _ = running;
+//!
+//! // Cleanup without a ledger: everything the run left in this region.
+//! for r in ec2.find_tagged(&TagQuery::equals("kiln:run", "0b6c…")).await? {
+//!     if r.is_live() {
+//!         println!("{} {} is left over", r.kind, r.id);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Invariants:
 //! - Secrets (secret key, session token, generated private keys) live in [`Secret`] and in
 //!   [`Credentials`], whose `Debug`/`Display` print `<redacted>`; no error, log line or

@@ -47,15 +47,13 @@ impl fmt::Display for Secret {
 }
 
 impl Drop for Secret {
-    // Best effort: overwrite the bytes before the allocation is freed so a later heap
-    // dump is less likely to hold the secret. (Copies made by the caller are theirs.)
+    // Best effort: zero the bytes before the allocation is freed so a later heap dump is
+    // less likely to hold the secret (copies made by callers are theirs to handle).
     fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8, so the String stays a valid String.
-        unsafe {
-            for b in self.0.as_bytes_mut() {
-                std::ptr::write_volatile(b, 0);
-            }
-        }
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.fill(0);
+        // Keeps the writes from being optimised away as dead stores.
+        std::hint::black_box(&bytes);
     }
 }
 

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::Idempotent;
@@ -66,6 +66,8 @@ pub enum TestkitError {
 /// A running moto_server.
 pub struct MotoServer {
     child: Child,
+    /// Closing it makes the watchdog kill moto.
+    stdin: Option<ChildStdin>,
     port: u16,
     endpoint: String,
     credentials: Credentials,
@@ -136,10 +138,17 @@ impl MotoServer {
         let log2 = log
             .try_clone()
             .map_err(|e| TestkitError::Spawn(format!("log file: {e}")))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // moto runs under a small sh watchdog: when our end of its stdin pipe closes (on
+        // drop, or when this process dies, even by SIGKILL) the watchdog kills moto, so no
+        // test run leaves a moto_server behind. The sh exits exactly when moto does.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(WATCHDOG)
+            .arg("kiln-moto-watchdog")
+            .arg(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
             .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -149,12 +158,14 @@ impl MotoServer {
         if !opts.load_default_amis {
             cmd.env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false");
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| TestkitError::Spawn(format!("{}: {e}", bin.display())))?;
+        let stdin = child.stdin.take();
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut server = MotoServer {
             child,
+            stdin,
             port,
             endpoint,
             credentials: Credentials::new(MOTO_ACCESS_KEY, Secret::new(MOTO_SECRET_KEY), None),
@@ -290,10 +301,32 @@ impl MotoServer {
 
 impl Drop for MotoServer {
     fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() > deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// `sh -c WATCHDOG name moto_server args...`: runs moto, kills it with SIGKILL once stdin
+/// reaches EOF, and exits with moto's status. The watcher is stopped as soon as moto exits
+/// by itself, so it never signals a pid that may have been reused.
+const WATCHDOG: &str = r#"exec 3<&0
+"$@" </dev/null 3<&- &
+moto=$!
+(while read -r _ <&3; do :; done; kill -9 "$moto" 2>/dev/null) &
+watcher=$!
+wait "$moto"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status""#;
 
 fn is_port_clash(e: &TestkitError) -> bool {
     matches!(e, TestkitError::NotReady { log, .. } if log.contains("Address already in use"))

@@ -7,6 +7,8 @@ mod auth;
 mod common;
 #[path = "moto/flow.rs"]
 mod flow;
+#[path = "moto/resources.rs"]
+mod resources;
 #[path = "moto/retry.rs"]
 mod retry;
 #[path = "moto/waiters.rs"]

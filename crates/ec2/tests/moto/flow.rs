@@ -503,4 +503,12 @@ async fn ami_flow_end_to_end() {
         records.iter().all(|r| r.attempt == 1),
         "no retries against a healthy moto"
     );
+    let total: std::time::Duration = records.iter().map(|r| r.duration).sum();
+    eprintln!(
+        "flow: {} calls, {} attempts, {:.1} ms per attempt on average, {:.2} s in API calls",
+        stats.calls,
+        stats.attempts,
+        total.as_secs_f64() * 1000.0 / records.len() as f64,
+        total.as_secs_f64()
+    );
 }

@@ -28,39 +28,8 @@ async fn waiters_fail_clearly() {
     })
     .await;
     let ec2 = moto.client("us-east-1").unwrap();
-    // moto loads its EC2 backend on the first call; do that outside the short waits.
-    ec2.describe_key_pairs(&[], &[], false)
-        .await
-        .expect("warm-up");
 
-    // An AMI that never appears.
-    let e = ec2
-        .wait_image_available("ami-0123456789abcdef0", &short())
-        .await
-        .unwrap_err();
-    let Ec2Error::WaitTimeout {
-        what,
-        last_state,
-        waited,
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
-    assert_eq!(
-        what,
-        "AMI ami-0123456789abcdef0 in us-east-1 to be available"
-    );
-    assert_eq!(last_state, "not visible yet");
-    assert!(*waited >= Duration::from_secs(5));
-    let msg = e.to_string();
-    assert!(
-        msg.starts_with("timed out after 5")
-            && msg.contains("waiting for AMI ami-0123456789abcdef0 in us-east-1 to be available (last state: not visible yet)"),
-        "{msg}"
-    );
-    assert!(e.is_wait_timeout());
-
-    // A running instance never stops by itself: last state "running".
+    // A running instance, which never stops by itself.
     let image = ec2
         .register_image(&RegisterImageRequest {
             name: "kiln-waiter-test".into(),
@@ -87,10 +56,40 @@ async fn waiters_fail_clearly() {
         })
         .await
         .expect("run");
-    let e = ec2
-        .wait_instance_stopped(&inst.instance_id, &short())
-        .await
-        .unwrap_err();
+
+    // Three waits that cannot succeed, side by side: an AMI that never appears, the
+    // running instance to stop, a snapshot that does not exist.
+    let opts = short();
+    let (ami, stop, snap) = tokio::join!(
+        ec2.wait_image_available("ami-0123456789abcdef0", &opts),
+        ec2.wait_instance_stopped(&inst.instance_id, &opts),
+        ec2.wait_snapshot_completed("snap-0123456789abcdef0", &opts),
+    );
+
+    let e = ami.unwrap_err();
+    let Ec2Error::WaitTimeout {
+        what,
+        last_state,
+        waited,
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        what,
+        "AMI ami-0123456789abcdef0 in us-east-1 to be available"
+    );
+    assert_eq!(last_state, "not visible yet");
+    assert!(*waited >= Duration::from_secs(5));
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("timed out after 5")
+            && msg.contains("waiting for AMI ami-0123456789abcdef0 in us-east-1 to be available (last state: not visible yet)"),
+        "{msg}"
+    );
+    assert!(e.is_wait_timeout());
+
+    let e = stop.unwrap_err();
     assert!(
         e.to_string().contains(&format!(
             "waiting for instance {} to be stopped (last state: running)",
@@ -99,11 +98,18 @@ async fn waiters_fail_clearly() {
         "{e}"
     );
 
-    // A terminated instance will never run: fails at once, not at the deadline.
+    let e = snap.unwrap_err();
+    assert!(e.is_wait_timeout(), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("snapshot snap-0123456789abcdef0 to be completed"),
+        "{e}"
+    );
+
+    // A terminated instance will never run: fails at once, not at the (long) deadline.
     ec2.terminate_instances(std::slice::from_ref(&inst.instance_id))
         .await
         .expect("terminate");
-    let started = std::time::Instant::now();
     let e = ec2
         .wait_instance_running(&inst.instance_id, &WaitOptions::default())
         .await
@@ -119,15 +125,4 @@ async fn waiters_fail_clearly() {
         )),
         "{e}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(600),
-        "did not wait for the deadline"
-    );
-
-    // A snapshot id that does not exist never completes.
-    let e = ec2
-        .wait_snapshot_completed("snap-0123456789abcdef0", &short())
-        .await
-        .unwrap_err();
-    assert!(e.is_wait_timeout(), "{e:?}");
 }
