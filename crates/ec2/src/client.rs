@@ -427,10 +427,7 @@ impl Ec2Client {
         }
         req = req.header("authorization", signed.authorization);
 
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Failure::from_reqwest(&e, None))?;
+        let resp = req.send().await.map_err(|e| Failure::from_reqwest(&e))?;
         let status = resp.status().as_u16();
         let success = resp.status().is_success();
         let limit = if success {
@@ -548,7 +545,7 @@ struct Failure {
 }
 
 impl Failure {
-    fn from_reqwest(e: &reqwest::Error, status: Option<u16>) -> Self {
+    fn from_reqwest(e: &reqwest::Error) -> Self {
         let kind = if e.is_connect() {
             TransportFailure::Connect
         } else if e.is_timeout() {
@@ -570,7 +567,7 @@ impl Failure {
         Failure {
             kind,
             detail: xml::clean(&detail),
-            status,
+            status: None,
         }
     }
 }
@@ -591,11 +588,7 @@ async fn read_bounded(
         return Err(too_large());
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Failure::from_reqwest(&e, None))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Failure::from_reqwest(&e))? {
         if buf.len() + chunk.len() > limit {
             if strict {
                 return Err(too_large());

@@ -86,7 +86,7 @@ pub mod testkit;
 pub use client::{ClientConfig, Ec2Client};
 pub use credentials::{
     CredentialSource, Credentials, CredentialsConfig, CredentialsError, Environment,
-    FixedEnvironment, ProcessEnvironment,
+    FixedEnvironment, ProcessEnvironment, resolve_region,
 };
 pub use error::{ApiError, Ec2Error};
 pub use model::{BlockDeviceMapping, EbsBlockDevice, Filter, StateReason, Tags};
