@@ -17,8 +17,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use kiln_fetch::{
-    CacheEntry, ChecksumSpec, FetchConfig, FetchError, FetchRequest, Fetcher, LocalMode,
-    Observer, Progress, ProxySettings, Prune, Restart,
+    CacheEntry, ChecksumSpec, FetchConfig, FetchError, FetchRequest, Fetcher, LocalMode, Observer,
+    Progress, ProxySettings, Prune, Restart,
 };
 
 struct Events {
@@ -75,7 +75,11 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn entry_json(e: &CacheEntry) -> serde_json::Value {
-    let secs = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
     serde_json::json!({
         "key": e.key, "url": e.url, "checksum": e.checksum, "size": e.size,
         "created": secs(e.created), "last_used": secs(e.last_used),
@@ -109,11 +113,17 @@ fn main() -> ExitCode {
                 "--list" => list = true,
                 "--prune" => prune = Some(value("--prune")?),
                 "--resume-attempts" => {
-                    resume_attempts = Some(value("--resume-attempts")?.parse::<u32>().map_err(|e| e.to_string())?)
+                    resume_attempts = Some(
+                        value("--resume-attempts")?
+                            .parse::<u32>()
+                            .map_err(|e| e.to_string())?,
+                    )
                 }
                 "--read-timeout" => {
                     read_timeout = Some(Duration::from_secs(
-                        value("--read-timeout")?.parse::<u64>().map_err(|e| e.to_string())?,
+                        value("--read-timeout")?
+                            .parse::<u64>()
+                            .map_err(|e| e.to_string())?,
                     ))
                 }
                 s if s.starts_with("--") => return Err(format!("unknown option {s}")),
@@ -205,7 +215,11 @@ fn main() -> ExitCode {
     }
     let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let req = FetchRequest::mirrors(urls, spec)
-        .local(if copy { LocalMode::Copy } else { LocalMode::InPlace })
+        .local(if copy {
+            LocalMode::Copy
+        } else {
+            LocalMode::InPlace
+        })
         .base_dir(base);
     let events = Events {
         progress,

@@ -154,7 +154,8 @@ pub(crate) struct Hit {
 impl Cache {
     /// Opens (creating it 0700 if needed) the cache directory. Refuses a directory owned
     /// by another user or writable by group or others: whoever can write there could
-    /// plant content that builds would use as verified.
+    /// plant content that builds would use as verified. A directory of ours that others
+    /// can only read is made 0700.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Cache, FetchError> {
         let dir: PathBuf = dir.into();
         let dir = std::path::absolute(&dir).unwrap_or(dir);
@@ -185,7 +186,10 @@ impl Cache {
         if meta.uid() != me {
             return Err(FetchError::InsecureCacheDir {
                 path: dir.clone(),
-                reason: format!("it is owned by uid {}, not by this user (uid {me})", meta.uid()),
+                reason: format!(
+                    "it is owned by uid {}, not by this user (uid {me})",
+                    meta.uid()
+                ),
                 fix: format!("chown {me} {shown}"),
             });
         }
@@ -196,6 +200,17 @@ impl Cache {
                 reason: format!("it is writable by group or others (mode {mode:03o})"),
                 fix: format!("chmod 700 {shown}"),
             });
+        }
+        if mode & 0o077 != 0 {
+            // Ours and not writable by others, but readable: what a user downloads is
+            // nobody else's business, so make it private like a directory we create.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                FetchError::CacheIo {
+                    what: "restricting the permissions of",
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
         }
         Ok(Cache { dir })
     }
@@ -236,7 +251,10 @@ impl Cache {
             let algorithm = Algorithm::from_name(algo)?;
             let got = hash_file(&path, algorithm).ok()?;
             if got.hex() != hex {
-                tracing::warn!(key = key.as_str(), "cache entry content does not match its checksum; not used");
+                tracing::warn!(
+                    key = key.as_str(),
+                    "cache entry content does not match its checksum; not used"
+                );
                 return None;
             }
         }
@@ -308,7 +326,9 @@ impl Cache {
         for e in fs::read_dir(&self.dir)? {
             let name = e?.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(&prefix) || (name.starts_with(&tmp_prefix) && name.contains(".tmp.")) {
+            if name.starts_with(&prefix)
+                || (name.starts_with(&tmp_prefix) && name.contains(".tmp."))
+            {
                 remove_if_exists(&self.dir.join(&*name))?;
             }
         }
@@ -358,7 +378,7 @@ impl Cache {
             .into_iter()
             .filter_map(|k| self.describe(&Key(k)))
             .collect();
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        out.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         Ok(out)
     }
 
@@ -380,7 +400,11 @@ impl Cache {
             });
         }
         let stray = self.stray_files(key);
-        let stray_size: u64 = stray.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let stray_size: u64 = stray
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         if let Ok(pm) = fs::metadata(&paths.part) {
             let meta = self.read_part_meta(key).unwrap_or_default();
             let mtime = pm.modified().unwrap_or(UNIX_EPOCH);
@@ -463,7 +487,7 @@ impl Cache {
         }
         if let Prune::MaxSize(max) = rule {
             // Oldest first until what is left fits.
-            keep.sort_by(|a, b| a.last_used.cmp(&b.last_used));
+            keep.sort_by_key(|e| e.last_used);
             let mut total: u64 = keep.iter().map(|e| e.size).sum();
             let mut rest = Vec::new();
             for e in keep {
@@ -509,7 +533,9 @@ impl Cache {
 fn key_prefix(name: &str) -> Option<&str> {
     let k = name.get(..32)?;
     let rest = &name[32..];
-    let ok = k.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    let ok = k
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && (rest.starts_with('.') || rest.starts_with('-'));
     ok.then_some(k)
 }
@@ -622,7 +648,14 @@ mod tests {
     fn put(cache: &Cache, key: &Key, data: &[u8]) -> Hit {
         fs::write(cache.paths(key).part, data).unwrap();
         cache
-            .commit(key, "x.iso", "http://h/x.iso", "none", &digest_of(data), None)
+            .commit(
+                key,
+                "x.iso",
+                "http://h/x.iso",
+                "none",
+                &digest_of(data),
+                None,
+            )
             .unwrap()
     }
 
@@ -647,8 +680,18 @@ mod tests {
         let c = Cache::open(t.path()).unwrap();
         let key = Key::new("http://h/x.iso", "none");
         let hit = put(&c, &key, b"hello");
-        assert!(hit.path.file_name().unwrap().to_string_lossy().ends_with("-x.iso"));
-        let mode = fs::metadata(c.paths(&key).marker).unwrap().permissions().mode() & 0o777;
+        assert!(
+            hit.path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .ends_with("-x.iso")
+        );
+        let mode = fs::metadata(c.paths(&key).marker)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert!(c.valid(&key, false).is_some());
         assert!(c.valid(&key, true).is_some());
@@ -659,7 +702,9 @@ mod tests {
         let listed = c.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, EntryState::Broken);
-        let r = c.prune(Prune::OlderThan(Duration::from_secs(3600))).unwrap();
+        let r = c
+            .prune(Prune::OlderThan(Duration::from_secs(3600)))
+            .unwrap();
         assert_eq!(r.removed.len(), 1, "broken entries go with any rule");
         assert!(c.list().unwrap().is_empty());
     }
@@ -670,7 +715,7 @@ mod tests {
         let c = Cache::open(t.path()).unwrap();
         let keys: Vec<Key> = (0..3).map(|i| Key::new(&format!("u{i}"), "none")).collect();
         for (i, k) in keys.iter().enumerate() {
-            put(&c, k, &vec![b'x'; 100]);
+            put(&c, k, &[b'x'; 100]);
             // Distinct last-use times, oldest first.
             let mut m = c.valid(k, false).unwrap().marker;
             m.last_used = 1000 + i as u64;
@@ -698,7 +743,11 @@ mod tests {
         drop(lease);
         let r = c.prune(Prune::All).unwrap();
         assert_eq!(r.removed.len(), 1);
-        assert_eq!(fs::read_dir(c.dir()).unwrap().count(), 0, "lock file removed too");
+        assert_eq!(
+            fs::read_dir(c.dir()).unwrap().count(),
+            0,
+            "lock file removed too"
+        );
     }
 
     #[test]

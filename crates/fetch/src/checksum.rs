@@ -161,8 +161,8 @@ impl ChecksumSpec {
                 bad,
             });
         }
-        let algorithm =
-            Algorithm::from_hex_len(s.len()).ok_or(ChecksumError::UnknownLength { got: s.len() })?;
+        let algorithm = Algorithm::from_hex_len(s.len())
+            .ok_or(ChecksumError::UnknownLength { got: s.len() })?;
         Ok(ChecksumSpec::Digest(Digest::new(algorithm, s)?))
     }
 }
@@ -281,7 +281,10 @@ mod tests {
 
     #[test]
     fn hashers_match_known_vectors() {
-        assert_eq!(hash(Algorithm::Md5, b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            hash(Algorithm::Md5, b"abc"),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
         assert_eq!(
             hash(Algorithm::Sha1, b"abc"),
             "a9993e364706816aba3e25717850c26c9cd0d89d"

@@ -136,13 +136,19 @@ pub(crate) fn build(s: ClientSettings<'_>) -> Result<reqwest::Client, FetchError
         } else {
             format!("http://{url}")
         };
-        let parsed = Url::parse(&full).map_err(|e| bad(format!("{}: {e}", redact::location(url))))?;
+        let parsed =
+            Url::parse(&full).map_err(|e| bad(format!("{}: {e}", redact::location(url))))?;
         let proxy = match scheme {
             "http" => reqwest::Proxy::http(parsed.as_str()),
             _ => reqwest::Proxy::https(parsed.as_str()),
         }
         .map_err(|e| bad(format!("{}: {}", redact::url(&parsed), e.without_url())))?;
-        let proxy = proxy.no_proxy(s.proxy.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string));
+        let proxy = proxy.no_proxy(
+            s.proxy
+                .no_proxy
+                .as_deref()
+                .and_then(reqwest::NoProxy::from_string),
+        );
         b = b.proxy(proxy);
     }
     if let Some(path) = s.ca_file {

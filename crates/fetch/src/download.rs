@@ -60,7 +60,10 @@ pub(crate) struct Transfer<'a> {
 enum AttemptError {
     /// Drop the partial and send a fresh request.
     Restart(Restart),
-    Failed { error: FetchError, progressed: bool },
+    Failed {
+        error: FetchError,
+        progressed: bool,
+    },
 }
 
 enum Msg {
@@ -383,7 +386,11 @@ impl Transfer<'_> {
             .and_then(|r| r);
         match r {
             Ok(digest) => {
-                tracing::debug!(url = self.shown, size, "the partial download was already complete");
+                tracing::debug!(
+                    url = self.shown,
+                    size,
+                    "the partial download was already complete"
+                );
                 Ok(Done {
                     digest,
                     resumed: true,

@@ -42,7 +42,9 @@ pub enum FetchError {
     #[error("checksum file {sums} is not usable: {reason}")]
     BadSumsFile { sums: String, reason: String },
 
-    #[error("{url} was not found on the server (HTTP 404); check the URL (path, version, file name)")]
+    #[error(
+        "{url} was not found on the server (HTTP 404); check the URL (path, version, file name)"
+    )]
     NotFound { url: String },
 
     #[error(
@@ -262,47 +264,44 @@ impl fmt::Display for RedirectRefused {
 
 impl std::error::Error for RedirectRefused {}
 
-fn find_redirect_denial<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a RedirectRefused> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<RedirectRefused>() {
-            return Some(r);
-        }
-        cur = err.source();
-    }
-    None
+fn find_redirect_denial<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a RedirectRefused> {
+    walk(e).find_map(|err| err.downcast_ref::<RedirectRefused>())
 }
 
-/// rustls reports through an `io::Error` whose `source()` skips the rustls error itself,
-/// so look inside every `io::Error` too.
 fn find_tls(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t.to_string());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(t) = inner.downcast_ref::<rustls::Error>()
+    walk(e).find_map(|err| err.downcast_ref::<rustls::Error>().map(|t| t.to_string()))
+}
+
+/// The error and its causes. `io::Error::source()` skips the error it wraps (it returns
+/// that error's source), and rustls's failures arrive as an `io::Error` inside another
+/// `io::Error`, so descend into an `io::Error` through `get_ref()` instead.
+fn walk<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| {
+        match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
         {
-            return Some(t.to_string());
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
         }
-        cur = err.source();
-    }
-    None
+    })
+    .take(32)
 }
 
 /// The messages of the error's sources joined with ": ", skipping the top-level reqwest
 /// message (which contains the unredacted URL) and repeated messages.
 fn chain(e: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut cur = std::error::Error::source(e);
-    while let Some(err) = cur {
+    for err in walk(e).skip(1) {
         let msg = err.to_string();
+        // Wrappers repeat their cause's message; keep it once.
         if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
             parts.push(msg);
         }
-        cur = err.source();
     }
     if parts.is_empty() {
         // No source: reqwest's kind without the URL.

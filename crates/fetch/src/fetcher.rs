@@ -82,7 +82,10 @@ impl fmt::Debug for FetchConfig {
             .field("max_size", &self.max_size)
             .field("resume_attempts", &self.resume_attempts)
             .field("reverify_cached", &self.reverify_cached)
-            .field("redirect_guard", &self.redirect_guard.as_ref().map(|_| "<fn>"))
+            .field(
+                "redirect_guard",
+                &self.redirect_guard.as_ref().map(|_| "<fn>"),
+            )
             .field("user_agent", &self.user_agent)
             .finish()
     }
@@ -247,7 +250,7 @@ impl Fetcher {
             }
             _ => None,
         };
-        let mut plans: Vec<(Source, Option<Result<Option<Digest>, FetchError>>)> = sources
+        let mut plans: Vec<(Source, Option<Expected>)> = sources
             .into_iter()
             .map(|s| {
                 let expected = expected_digest(&req.checksum, &s, sums.as_ref());
@@ -258,7 +261,10 @@ impl Fetcher {
         // A URL already in the cache goes first: no mirror is contacted at all.
         let hit_first = plans.iter().position(|(s, exp)| match (s, exp) {
             (Source::Local(_), _) if req.local == LocalMode::InPlace => false,
-            (s, Some(Ok(exp))) => self.cache.valid(&self.key(s, exp.as_ref()), false).is_some(),
+            (s, Some(Ok(exp))) => self
+                .cache
+                .valid(&self.key(s, exp.as_ref()), false)
+                .is_some(),
             _ => false,
         });
         let mut order: Vec<usize> = (0..plans.len()).collect();
@@ -376,14 +382,12 @@ impl Fetcher {
         let mut wait = WAIT_MIN;
         loop {
             // 1. A complete entry: share it.
-            if self.usable(&key, false, &stamp).is_some() {
-                if let Some(lease) =
+            if self.usable(&key, false, &stamp).is_some()
+                && let Some(lease) =
                     KeyLock::try_acquire(&paths.lock, Mode::Shared).map_err(lock_err)?
-                {
-                    if let Some(hit) = self.usable(&key, deep, &stamp) {
-                        return Ok(self.hit(src, hit, &key, lease, Origin::Cache));
-                    }
-                }
+                && let Some(hit) = self.usable(&key, deep, &stamp)
+            {
+                return Ok(self.hit(src, hit, &key, lease, Origin::Cache));
             }
             // 2. Nobody else at work on it: download it ourselves.
             if let Some(lock) =
@@ -396,9 +400,7 @@ impl Fetcher {
                     }
                     continue;
                 }
-                let digest = self
-                    .fill(src, &key, expected, observer)
-                    .await?;
+                let digest = self.fill(src, &key, expected, observer).await?;
                 let hit = self.cache.commit(
                     &key,
                     &src.file_name().unwrap_or_default(),
@@ -433,9 +435,11 @@ impl Fetcher {
     }
 
     fn hit(&self, src: &Source, hit: Hit, key: &Key, lease: KeyLock, origin: Origin) -> Fetched {
-        let digest = hit.marker.digest.split_once(':').and_then(|(a, h)| {
-            Algorithm::from_name(a).and_then(|a| Digest::new(a, h).ok())
-        });
+        let digest = hit
+            .marker
+            .digest
+            .split_once(':')
+            .and_then(|(a, h)| Algorithm::from_name(a).and_then(|a| Digest::new(a, h).ok()));
         let verified = hit.marker.checksum != "none";
         let size = hit.marker.size;
         self.cache.touch(key, hit.marker);
@@ -523,7 +527,12 @@ impl Fetcher {
     }
 
     /// Copies a local file into the key's partial, hashing it on the way.
-    async fn copy_in(&self, src: &Path, key: &Key, algorithm: Algorithm) -> Result<Done, FetchError> {
+    async fn copy_in(
+        &self,
+        src: &Path,
+        key: &Key,
+        algorithm: Algorithm,
+    ) -> Result<Done, FetchError> {
         let part = self.cache.paths(key).part;
         let from = src.to_path_buf();
         let res = tokio::task::spawn_blocking(move || copy_hashing(&from, &part, algorithm))
@@ -576,7 +585,12 @@ impl Fetcher {
                         self.cfg.max_redirects,
                     )
                 };
-                let mut resp = self.client.get(u.clone()).send().await.map_err(|e| rq(e, 0))?;
+                let mut resp = self
+                    .client
+                    .get(u.clone())
+                    .send()
+                    .await
+                    .map_err(|e| rq(e, 0))?;
                 if let Some(e) = download::status_error(&shown, resp.status()) {
                     return Err(e);
                 }
@@ -598,6 +612,9 @@ impl Fetcher {
         sums::parse(&String::from_utf8_lossy(&bytes)).map_err(bad)
     }
 }
+
+/// The digest a source must have (`None` for `none`), or why it has none.
+type Expected = Result<Option<Digest>, FetchError>;
 
 /// The digest a source must have, from the request's checksum.
 fn expected_digest(
@@ -621,7 +638,7 @@ fn expected_digest(
                 .map(Some)
                 .ok_or_else(|| FetchError::NotInSumsFile {
                     sums: loc.shown(),
-                    name: candidates.first().cloned().unwrap_or_default(),
+                    name: src.file_name().unwrap_or_default(),
                     entries: entries.len(),
                 })
         }

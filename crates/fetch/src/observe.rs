@@ -61,7 +61,9 @@ impl std::fmt::Display for Restart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Restart::RangeIgnored => "the server does not support resuming (Range ignored)",
-            Restart::ValidatorChanged => "the file changed on the server since the partial download",
+            Restart::ValidatorChanged => {
+                "the file changed on the server since the partial download"
+            }
             Restart::RangeRejected => "the server rejected the resume range",
             Restart::NoValidator => "the partial download cannot be checked for resuming",
             Restart::MismatchAfterResume => {
@@ -172,7 +174,10 @@ impl Meter {
     fn report(&self, now: Instant, bytes: u64, done: bool) -> Progress {
         let rate = if done {
             // The final report carries the average of the whole transfer.
-            rate(bytes - self.resumed_from.min(bytes), now.duration_since(self.start))
+            rate(
+                bytes - self.resumed_from.min(bytes),
+                now.duration_since(self.start),
+            )
         } else {
             match self.window.front() {
                 Some((t, b)) => rate(bytes.saturating_sub(*b), now.duration_since(*t)),
@@ -192,7 +197,11 @@ impl Meter {
 
 fn rate(bytes: u64, over: Duration) -> f64 {
     let secs = over.as_secs_f64();
-    if secs <= 0.0 { 0.0 } else { bytes as f64 / secs }
+    if secs <= 0.0 {
+        0.0
+    } else {
+        bytes as f64 / secs
+    }
 }
 
 #[cfg(test)]

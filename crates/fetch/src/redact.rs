@@ -65,8 +65,9 @@ mod tests {
 
     #[test]
     fn hides_passwords_and_signed_query_values() {
-        let u = Url::parse("https://alice:hunter2@example.org/a.iso?X-Amz-Signature=abc&v=1&token=t0k")
-            .unwrap();
+        let u =
+            Url::parse("https://alice:hunter2@example.org/a.iso?X-Amz-Signature=abc&v=1&token=t0k")
+                .unwrap();
         let shown = url(&u);
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("abc"), "{shown}");

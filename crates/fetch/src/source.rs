@@ -134,10 +134,11 @@ impl Source {
         }
     }
 
-    /// Names to look up in a sums file at `sums`: the base name, then the path relative to
-    /// the sums file's directory when the sums file sits above this source.
+    /// Names to look up in a sums file at `sums`: the path relative to the sums file's
+    /// directory when the sums file sits above this source (the more exact match), then
+    /// the base name.
     pub(crate) fn sums_candidates(&self, sums: &SumsLocation) -> Vec<String> {
-        let mut out: Vec<String> = self.file_name().into_iter().collect();
+        let mut out: Vec<String> = Vec::new();
         let rel = match (self, sums) {
             (Source::Http(u), SumsLocation::Http(s)) if same_origin(u, s) => {
                 let dir = match s.path().rfind('/') {
@@ -152,10 +153,11 @@ impl Source {
                 .map(|r| r.to_string_lossy().into_owned()),
             _ => None,
         };
-        if let Some(rel) = rel
-            && !out.contains(&rel)
+        out.extend(rel);
+        if let Some(name) = self.file_name()
+            && !out.contains(&name)
         {
-            out.push(rel);
+            out.push(name);
         }
         out
     }
@@ -238,7 +240,11 @@ mod tests {
 
     #[test]
     fn names_identity_and_targets() {
-        let s = Source::parse("https://u:pw@example.org:8443/d/x%20y.iso?v=1#frag", &base()).unwrap();
+        let s = Source::parse(
+            "https://u:pw@example.org:8443/d/x%20y.iso?v=1#frag",
+            &base(),
+        )
+        .unwrap();
         assert_eq!(s.file_name().as_deref(), Some("x y.iso"));
         assert_eq!(s.identity(), "https://example.org:8443/d/x%20y.iso?v=1");
         assert!(!s.shown().contains("pw"));
@@ -250,7 +256,10 @@ mod tests {
                 port: 8443
             }
         );
-        let t = Source::parse("http://[::1]/a", &base()).unwrap().target().unwrap();
+        let t = Source::parse("http://[::1]/a", &base())
+            .unwrap()
+            .target()
+            .unwrap();
         assert_eq!(t.to_string(), "http://[::1]:80");
     }
 
@@ -258,11 +267,11 @@ mod tests {
     fn sums_candidates_include_the_relative_path() {
         let s = Source::parse("http://h/debian/12/netinst/a.iso", &base()).unwrap();
         let sums = SumsLocation::parse("http://h/debian/12/SHA256SUMS", &base()).unwrap();
-        assert_eq!(s.sums_candidates(&sums), vec!["a.iso", "netinst/a.iso"]);
+        assert_eq!(s.sums_candidates(&sums), vec!["netinst/a.iso", "a.iso"]);
         let other = SumsLocation::parse("http://other/SHA256SUMS", &base()).unwrap();
         assert_eq!(s.sums_candidates(&other), vec!["a.iso"]);
         let l = Source::parse("/srv/img/sub/b.qcow2", &base()).unwrap();
         let ls = SumsLocation::parse("/srv/img/SHA256SUMS", &base()).unwrap();
-        assert_eq!(l.sums_candidates(&ls), vec!["b.qcow2", "sub/b.qcow2"]);
+        assert_eq!(l.sums_candidates(&ls), vec!["sub/b.qcow2", "b.qcow2"]);
     }
 }

@@ -65,7 +65,7 @@ fn parse_gnu(line: &str) -> Option<SumsEntry> {
         Some(rest) => (true, rest),
         None => (false, line),
     };
-    let split = line.find(|c: char| c == ' ' || c == '\t')?;
+    let split = line.find([' ', '\t'])?;
     let (hex, rest) = line.split_at(split);
     let algorithm = Algorithm::from_hex_len(hex.len())?;
     let digest = Digest::new(algorithm, hex).ok()?;
@@ -112,8 +112,8 @@ fn normalize(name: &str) -> &str {
     n
 }
 
-/// The digest for a file known by any of `candidates` (its base name first, then its path
-/// relative to the sums file). Exact names win; among several lines for the same name the
+/// The digest for a file known by any of `candidates` (its path relative to the sums
+/// file first, then its base name). Exact names win; among several lines for the same name the
 /// strongest algorithm wins.
 pub(crate) fn lookup<'a>(entries: &'a [SumsEntry], candidates: &[String]) -> Option<&'a Digest> {
     candidates.iter().find_map(|want| {
@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(e.len(), 4);
         assert_eq!(lookup(&e, &names(&["debian-12.qcow2"])).unwrap().hex(), A);
         assert_eq!(lookup(&e, &names(&["other.iso"])).unwrap().hex(), B);
-        assert_eq!(lookup(&e, &names(&["x.img", "sub/x.img"])).unwrap().hex(), A);
+        assert_eq!(
+            lookup(&e, &names(&["sub/x.img", "x.img"])).unwrap().hex(),
+            A
+        );
         assert_eq!(lookup(&e, &names(&["we\\ird\nname"])).unwrap().hex(), B);
         assert!(lookup(&e, &names(&["missing.iso"])).is_none());
     }
@@ -192,7 +195,7 @@ mod tests {
             "\\",
             "\\\\",
             "aaaa",
-            &format!("{A}"),
+            A,
             &format!("{A} "),
             &format!("{A}  "),
             &format!("{A} *"),

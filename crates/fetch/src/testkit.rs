@@ -159,7 +159,10 @@ impl HttpServerBuilder {
         let stderr_path = state.path().join("stderr");
         let script = server_script();
         if !script.exists() {
-            return Err(PeerError(format!("server script {} is missing", script.display())));
+            return Err(PeerError(format!(
+                "server script {} is missing",
+                script.display()
+            )));
         }
         let mut cmd = Command::new(python());
         cmd.arg(&script)
@@ -182,7 +185,10 @@ impl HttpServerBuilder {
         num(&mut cmd, "--stall-after", self.stall_after);
         num(&mut cmd, "--throttle", self.throttle);
         if let Some(n) = self.hold_after {
-            cmd.arg("--hold-after").arg(n.to_string()).arg("--release").arg(&release);
+            cmd.arg("--hold-after")
+                .arg(n.to_string())
+                .arg("--release")
+                .arg(&release);
         }
         if self.ignore_range {
             cmd.arg("--ignore-range");
@@ -211,7 +217,12 @@ impl HttpServerBuilder {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| perr(&format!("starting {} {}", python().display(), script.display()), e))?;
+            .map_err(|e| {
+                perr(
+                    &format!("starting {} {}", python().display(), script.display()),
+                    e,
+                )
+            })?;
         let started = Instant::now();
         let port = loop {
             if let Ok(s) = fs::read_to_string(&ready)
@@ -371,7 +382,13 @@ impl TestCa {
             }
             Ok(())
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         let mut ca_args = vec!["req", "-x509"];
         ca_args.extend(ec);
         ca_args.extend([
