@@ -524,8 +524,33 @@ impl Cache {
             report.freed_bytes += e.size;
             report.removed.push(e);
         }
+        self.remove_lone_locks();
         sync_dir(&self.dir);
         Ok(report)
+    }
+
+    /// Lock files of keys that have nothing else left (a failed download, a crash): free
+    /// to remove when nobody holds them.
+    fn remove_lone_locks(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let Some(k) = name.strip_suffix(".lock").and_then(key_prefix_exact) else {
+                continue;
+            };
+            let key = Key(k.to_string());
+            if self.describe(&key).is_some() {
+                continue;
+            }
+            if let Ok(Some(lock)) = KeyLock::try_acquire(&e.path(), Mode::Exclusive)
+                && self.describe(&key).is_none()
+            {
+                let _ = lock.remove_file();
+            }
+        }
     }
 }
 
@@ -538,6 +563,15 @@ fn key_prefix(name: &str) -> Option<&str> {
         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         && (rest.starts_with('.') || rest.starts_with('-'));
     ok.then_some(k)
+}
+
+/// `name` if it is exactly a key.
+fn key_prefix_exact(name: &str) -> Option<&str> {
+    (name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(name)
 }
 
 /// A file name safe to put in the cache directory.
@@ -748,6 +782,22 @@ mod tests {
             0,
             "lock file removed too"
         );
+    }
+
+    #[test]
+    fn prune_removes_lone_lock_files() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Cache::open(t.path()).unwrap();
+        let key = Key::new("u", "none");
+        drop(KeyLock::try_acquire(&c.paths(&key).lock, Mode::Exclusive).unwrap());
+        let held_key = Key::new("v", "none");
+        let held = KeyLock::try_acquire(&c.paths(&held_key).lock, Mode::Exclusive).unwrap();
+        fs::write(t.path().join("README"), b"not ours").unwrap();
+        c.prune(Prune::OlderThan(Duration::from_secs(60))).unwrap();
+        assert!(!c.paths(&key).lock.exists());
+        assert!(c.paths(&held_key).lock.exists(), "a held lock stays");
+        assert!(t.path().join("README").exists(), "foreign files stay");
+        drop(held);
     }
 
     #[test]

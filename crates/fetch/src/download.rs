@@ -27,6 +27,8 @@ use crate::observe::{Meter, Observer, Restart};
 const CHANNEL_DEPTH: usize = 64;
 /// The writer's buffer: fewer, larger write syscalls.
 const WRITE_BUFFER: usize = 1 << 20;
+/// Written data is handed to the disk in steps of this size while downloading.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 /// A server that keeps rejecting or mangling our ranges gets this many fresh starts.
 const MAX_RESTARTS: u32 = 3;
 
@@ -445,11 +447,19 @@ fn write_part(
     }
     file.seek(SeekFrom::Start(offset))?;
     let mut w = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut pos = offset;
+    let mut written_back = offset;
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Chunk(b) => {
                 hasher.update(&b);
                 w.write_all(&b)?;
+                pos += b.len() as u64;
+                let on_fd = pos - w.buffer().len() as u64;
+                if on_fd - written_back >= WRITEBACK_EVERY {
+                    start_writeback(w.get_ref(), written_back, on_fd - written_back);
+                    written_back = on_fd;
+                }
             }
             Msg::Finish => {
                 w.flush()?;
@@ -461,6 +471,20 @@ fn write_part(
     }
     w.flush()?;
     Ok(None)
+}
+
+/// Asks the kernel to start writing a range to disk now, without waiting for it, so
+/// the fsync before the rename has little left to do (the transfer and the disk overlap
+/// instead of the disk write trailing the transfer). Advisory: errors are ignored, the
+/// final fsync is what guarantees durability.
+fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is open and owned
+    // by `f` for the duration of the call.
+    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
