@@ -712,3 +712,54 @@ fn copy_hashing(from: &Path, part: &Path, algorithm: Algorithm) -> std::io::Resu
     dst.sync_all()?;
     Ok((h.finish(), size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_targets_cover_mirrors_and_the_sums_url() {
+        let req = FetchRequest::mirrors(
+            [
+                "https://a.example/x.iso".to_string(),
+                "http://b.example:8080/x.iso".to_string(),
+                "https://a.example/y.iso".to_string(),
+                "/local/x.iso".to_string(),
+            ],
+            ChecksumSpec::parse("file:https://sums.example/SHA256SUMS").unwrap(),
+        );
+        let shown: Vec<String> = req
+            .network_targets()
+            .unwrap()
+            .iter()
+            .map(Target::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                "https://a.example:443",
+                "http://b.example:8080",
+                "https://sums.example:443"
+            ]
+        );
+        let bad = FetchRequest::new("gopher://x/y", ChecksumSpec::None);
+        assert!(matches!(
+            bad.network_targets(),
+            Err(FetchError::InvalidSource { .. })
+        ));
+    }
+
+    #[test]
+    fn fetch_futures_are_send() {
+        // The runtime spawns fetches on its multi-thread tokio runtime.
+        fn assert_send<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fetcher::new(FetchConfig::new(dir.path())).unwrap();
+        let req = FetchRequest::new("http://127.0.0.1:1/x", ChecksumSpec::None);
+        let fut = f.fetch(&req, &crate::Silent);
+        assert_send(&fut);
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<Fetcher>();
+        assert_sync::<Fetched>();
+    }
+}

@@ -125,3 +125,76 @@ fn two_processes_download_once() {
         server.requests()
     );
 }
+
+#[test]
+fn waiter_takes_over_and_resumes_when_the_downloader_dies() {
+    // A downloads and is killed while B waits for its lock: flock is released with the
+    // process, B takes over and resumes A's partial with a Range request.
+    let hold = 3 << 20;
+    let server = HttpServer::builder()
+        .hold_after(hold)
+        .start()
+        .expect("http server");
+    let size = 6 << 20;
+    let sha = serve_file(&server, "shared.qcow2", size, 52);
+    let cache = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let bin = testkit::example_binary("kiln-fetch").expect("example binary");
+    let spawn = |name: &str| {
+        let err = std::fs::File::create(logs.path().join(name)).unwrap();
+        Command::new(&bin)
+            .args(["--no-proxy", "--cache"])
+            .arg(cache.path())
+            .args(["--checksum", &format!("sha256:{sha}")])
+            .arg(server.url("shared.qcow2"))
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn the example")
+    };
+    let part_size = || {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .and_then(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let mut a = spawn("a.err");
+    // More than the writer's 1 MiB buffer is on disk.
+    until("A's partial", || part_size() >= 2 << 20);
+    let b = spawn("b.err");
+    let b_err = logs.path().join("b.err");
+    until("B to wait", || {
+        std::fs::read_to_string(&b_err)
+            .unwrap_or_default()
+            .contains("waiting for another kiln")
+    });
+    a.kill().unwrap();
+    a.wait().unwrap();
+    server.release();
+    let out = b.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        std::fs::read_to_string(&b_err).unwrap_or_default()
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["origin"], "Downloaded");
+    assert_eq!(
+        testkit::sha256_file(std::path::Path::new(j["path"].as_str().unwrap())).unwrap(),
+        sha
+    );
+    let gets = server.gets("/shared.qcow2");
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    // B resumed from what A had on disk: at least the 2 MiB seen, at most what A got.
+    let from: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a resume: {:?}", gets[1]));
+    assert!((2 << 20..=hold).contains(&from), "{from}");
+}
