@@ -12,6 +12,7 @@
 #               downloading, fsync, rename, marker (what a build does)
 #   curl+sha    curl -o FILE URL && sha256sum FILE       (verified the shell way: a second read)
 #   curl+sync   curl -o FILE URL && sync FILE            (as durable as kiln's entry)
+#   curl-null   curl -o /dev/null URL                    (the network/server ceiling, no disk)
 # The image is /var/tmp/kiln-base/*.qcow2 when tools/base-image.sh ran, else a generated
 # 280 MiB file of mixed data (random, zero and text blocks). nginx-light is installed from
 # Debian if missing. Prints every round and the medians with kiln/curl ratios.
@@ -140,6 +141,9 @@ for server in python nginx; do
 
     rm -f "$out"; t0=$(now); curl -sf -o "$out" "$url"; sync "$out"; t1=$(now)
     run "$server" "$r" curl+sync "$(secs "$t0" "$t1")"
+
+    t0=$(now); curl -sf -o /dev/null "$url"; t1=$(now)
+    run "$server" "$r" curl-null "$(secs "$t0" "$t1")"
   done
 done
 
@@ -155,10 +159,10 @@ awk -F'\t' -v b="$size" '
   END {
     printf "| server | tool | median s | MiB/s | kiln/tool throughput |\n|---|---|---|---|---|\n"
     split("python nginx", servers, " ")
-    split("curl kiln curl+sha curl+sync", tools, " ")
+    split("curl kiln curl+sha curl+sync curl-null", tools, " ")
     for (si = 1; si <= 2; si++) {
       s = servers[si]; k = median(v[s SUBSEP "kiln"])
-      for (ti = 1; ti <= 4; ti++) {
+      for (ti = 1; ti <= 5; ti++) {
         t = tools[ti]; m = median(v[s SUBSEP t])
         printf "| %s | %s | %.3f | %.1f | %s |\n", s, t, m, b / m / 1048576, (t == "kiln") ? "-" : sprintf("%.2fx", m / k)
       }

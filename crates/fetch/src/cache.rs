@@ -10,13 +10,22 @@
 //! * `K.part` and `K.part.json`: a partial download and what is needed to resume it.
 //!
 //! Invariants: content appears under its final name only by `rename` after the checksum
-//! matched and the data was fsynced; the marker is written (tmp + fsync + rename) after the
-//! content, so a crash leaves a complete entry, a resumable partial, or content without a
-//! marker, which is never used and is cleaned up by the next download or prune. A hit is
-//! trusted when the marker exists and the content file still has the recorded size, inode
-//! and mtime (a cheap `stat`): the content was hashed while it was written, the directory
-//! is private to the user, and any write to the file changes its mtime. `reverify` rehashes
-//! instead, for callers that want to pay for a full read.
+//! matched; the marker is written (tmp + rename) after the content, so a crash of the
+//! process leaves a complete entry, a resumable partial, or content without a marker,
+//! which is never used and is cleaned up by the next download or prune.
+//!
+//! Trust on a hit: the marker exists and the content file still has the recorded size,
+//! inode and mtime (a cheap `stat`). The content was hashed while it was written, the
+//! directory is private to the user, and any write to the file changes its mtime.
+//! `Check::Deep` (the fetcher's `reverify_cached`) rehashes instead.
+//!
+//! Durability without an fsync on the hot path: the marker records the kernel's boot id
+//! (`/proc/sys/kernel/random/boot_id`) instead of fsyncing the content. Within one boot
+//! the page cache is coherent, so what was verified is what is read, even after the
+//! writing process crashed. Only a kernel crash or power loss can leave unwritten blocks
+//! behind, and that always changes the boot id: the first use of an entry from an earlier
+//! boot rehashes it, and only then trusts it again. Where no boot id can be read, content
+//! and marker are fsynced before the rename instead.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -125,6 +134,10 @@ pub(crate) struct Marker {
     /// Local sources copied into the cache: size and mtime of the source when copied.
     #[serde(default)]
     pub(crate) source_stamp: Option<String>,
+    /// The boot the content was written in without an fsync; `None` once it is known to
+    /// be on disk (fsynced, or rehashed in a later boot).
+    #[serde(default)]
+    pub(crate) boot_id: Option<String>,
 }
 
 /// What a partial download needs to be resumed safely.
@@ -136,6 +149,9 @@ pub(crate) struct PartMeta {
     pub(crate) last_modified: Option<String>,
     pub(crate) total: Option<u64>,
     pub(crate) started: u64,
+    /// The boot the partial was written in (see the module doc).
+    #[serde(default)]
+    pub(crate) boot_id: Option<String>,
 }
 
 pub(crate) struct KeyPaths {
@@ -143,6 +159,29 @@ pub(crate) struct KeyPaths {
     pub(crate) marker: PathBuf,
     pub(crate) part: PathBuf,
     pub(crate) part_meta: PathBuf,
+}
+
+/// How much `Cache::valid` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Marker and `stat` only: is there a complete entry at all (no locks held).
+    Shallow,
+    /// What a use needs: shallow, plus a rehash when the entry is from an earlier boot.
+    Use,
+    /// Always rehash.
+    Deep,
+}
+
+/// The current boot's id, if the kernel tells it.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+    })
+    .as_deref()
 }
 
 /// A valid entry found by `Cache::valid`.
@@ -229,9 +268,9 @@ impl Cache {
         }
     }
 
-    /// The entry for `key` if it is complete and unchanged (see the module doc); with
-    /// `deep`, its content is rehashed too.
-    pub(crate) fn valid(&self, key: &Key, deep: bool) -> Option<Hit> {
+    /// The entry for `key` if it is complete and unchanged, checked as `check` says (see
+    /// the module doc).
+    pub(crate) fn valid(&self, key: &Key, check: Check) -> Option<Hit> {
         let paths = self.paths(key);
         let marker: Marker = read_json(&paths.marker).ok()??;
         let path = self.content_path(key, &marker)?;
@@ -246,7 +285,14 @@ impl Cache {
             tracing::debug!(key = key.as_str(), "cache entry changed on disk; not used");
             return None;
         }
-        if deep {
+        let from_other_boot = marker.boot_id.is_some() && marker.boot_id.as_deref() != boot_id();
+        let rehash = match check {
+            Check::Shallow => false,
+            Check::Use => from_other_boot,
+            Check::Deep => true,
+        };
+        let mut marker = marker;
+        if rehash {
             let (algo, hex) = marker.digest.split_once(':')?;
             let algorithm = Algorithm::from_name(algo)?;
             let got = hash_file(&path, algorithm).ok()?;
@@ -256,6 +302,11 @@ impl Cache {
                     "cache entry content does not match its checksum; not used"
                 );
                 return None;
+            }
+            if from_other_boot {
+                // Read back from disk after a reboot and correct: durable from now on
+                // (recorded by the caller's `touch`).
+                marker.boot_id = None;
             }
         }
         Some(Hit { marker, path })
@@ -294,6 +345,9 @@ impl Cache {
             let path = path.to_path_buf();
             move |source| FetchError::CacheIo { what, path, source }
         };
+        // The content is fsynced by its writer exactly when there is no boot id to
+        // record instead (see the module doc).
+        let boot = boot_id().map(str::to_string);
         fs::rename(&paths.part, &path).map_err(io_err("moving into place", &paths.part))?;
         let meta = fs::metadata(&path).map_err(io_err("reading", &path))?;
         let now = now_secs();
@@ -310,10 +364,13 @@ impl Cache {
             created: now,
             last_used: now,
             source_stamp,
+            boot_id: boot.clone(),
         };
         write_json_atomic(&paths.marker, &marker).map_err(io_err("writing", &paths.marker))?;
         remove_if_exists(&paths.part_meta).map_err(io_err("removing", &paths.part_meta))?;
-        sync_dir(&self.dir);
+        if boot.is_none() {
+            sync_dir(&self.dir);
+        }
         Ok(Hit { marker, path })
     }
 
@@ -386,7 +443,7 @@ impl Cache {
     fn describe(&self, key: &Key) -> Option<CacheEntry> {
         let paths = self.paths(key);
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
-        if let Some(hit) = self.valid(key, false) {
+        if let Some(hit) = self.valid(key, Check::Shallow) {
             let m = hit.marker;
             return Some(CacheEntry {
                 key: key.0.clone(),
@@ -631,7 +688,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `value` to a unique temporary file, fsyncs it and renames it over `path`.
+/// Writes `value` to a unique temporary file and renames it over `path` (fsynced first
+/// where there is no boot id; see the module doc).
 pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
@@ -645,7 +703,9 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Res
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&body)?;
-        f.sync_all()?;
+        if boot_id().is_none() {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if res.is_err() {
@@ -661,8 +721,8 @@ fn remove_if_exists(p: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes renames in `dir` durable. Best effort: a failure here only weakens crash safety
-/// against power loss, which the checksum on resume still catches.
+/// Makes renames in `dir` durable (only where there is no boot id). Best effort: a failure
+/// here only weakens crash safety against power loss, which the checksum still catches.
 fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
@@ -727,12 +787,13 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(c.valid(&key, false).is_some());
-        assert!(c.valid(&key, true).is_some());
+        assert!(c.valid(&key, Check::Shallow).is_some());
+        assert!(c.valid(&key, Check::Use).is_some());
+        assert!(c.valid(&key, Check::Deep).is_some());
         // Rewriting the content (same size) changes its mtime/inode: no longer trusted.
         std::thread::sleep(Duration::from_millis(20));
         fs::write(&hit.path, b"HELLO").unwrap();
-        assert!(c.valid(&key, false).is_none());
+        assert!(c.valid(&key, Check::Use).is_none());
         let listed = c.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, EntryState::Broken);
@@ -744,6 +805,43 @@ mod tests {
     }
 
     #[test]
+    fn entries_from_an_earlier_boot_are_rehashed_before_use() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Cache::open(t.path()).unwrap();
+        let key = Key::new("http://h/b.iso", "none");
+        let hit = put(&c, &key, b"written before a power loss");
+        assert_eq!(hit.marker.boot_id.as_deref(), boot_id());
+        // Pretend it was written in another boot, and the disk lost the data (zeros of the
+        // same length; size, inode and mtime unchanged).
+        let mut m = hit.marker.clone();
+        m.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        write_json_atomic(&c.paths(&key).marker, &m).unwrap();
+        let mtime = fs::metadata(&hit.path).unwrap().modified().unwrap();
+        let zeros = vec![0u8; hit.marker.size as usize];
+        {
+            let f = fs::OpenOptions::new().write(true).open(&hit.path).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &zeros, 0).unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        assert!(
+            c.valid(&key, Check::Shallow).is_some(),
+            "stat alone cannot tell"
+        );
+        assert!(
+            c.valid(&key, Check::Use).is_none(),
+            "the other boot forces a rehash"
+        );
+        // Intact content from an earlier boot is trusted after the rehash, durably.
+        let key2 = Key::new("http://h/c.iso", "none");
+        let hit2 = put(&c, &key2, b"fine");
+        let mut m2 = hit2.marker.clone();
+        m2.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        write_json_atomic(&c.paths(&key2).marker, &m2).unwrap();
+        let used = c.valid(&key2, Check::Use).unwrap();
+        assert_eq!(used.marker.boot_id, None);
+    }
+
+    #[test]
     fn prune_max_size_removes_least_recently_used() {
         let t = tempfile::tempdir().unwrap();
         let c = Cache::open(t.path()).unwrap();
@@ -751,7 +849,7 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             put(&c, k, &[b'x'; 100]);
             // Distinct last-use times, oldest first.
-            let mut m = c.valid(k, false).unwrap().marker;
+            let mut m = c.valid(k, Check::Shallow).unwrap().marker;
             m.last_used = 1000 + i as u64;
             write_json_atomic(&c.paths(k).marker, &m).unwrap();
         }

@@ -5,7 +5,9 @@
 //! stays bounded (at most `CHANNEL_DEPTH` chunks in flight). A partial download is resumed
 //! with `Range: bytes=N-` and `If-Range` (strong ETag, else Last-Modified); the prefix
 //! already on disk is hashed once from the file before the new bytes. A server that
-//! answers 200 instead of 206 restarts the file from zero on the same response.
+//! answers 200 instead of 206 restarts the file from zero on the same response. Written
+//! ranges are handed to the disk as the transfer goes (`sync_file_range`), which keeps
+//! dirty memory low; durability itself comes from the boot-id rule in `cache`.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -18,7 +20,7 @@ use reqwest::header::{self, HeaderMap};
 use tokio::sync::mpsc;
 use url::Url;
 
-use crate::cache::{Cache, Key, PartMeta, now_secs};
+use crate::cache::{Cache, Key, PartMeta, boot_id, now_secs};
 use crate::checksum::{Algorithm, Digest, Hasher};
 use crate::error::{self, FetchError};
 use crate::observe::{Meter, Observer, Restart};
@@ -171,7 +173,12 @@ impl Transfer<'_> {
                         .clone()
                         .filter(|e| !e.starts_with("W/"))
                         .or_else(|| m.last_modified.clone());
-                    if v.is_some() || self.verifying {
+                    if !self.verifying && m.boot_id.as_deref() != boot_id() {
+                        // Written before a reboot: its tail may be lost blocks, and
+                        // without a checksum nothing would notice.
+                        self.observer
+                            .restarted(self.shown, Restart::PartialFromEarlierBoot);
+                    } else if v.is_some() || self.verifying {
                         offset = part_len;
                         validator = v;
                         meta = m;
@@ -269,6 +276,7 @@ impl Transfer<'_> {
         meta.etag = etag;
         meta.last_modified = last_modified;
         meta.total = total;
+        meta.boot_id = boot_id().map(str::to_string);
         self.cache
             .write_part_meta(self.key, &meta)
             .map_err(|e| self.failed(e, false))?;
@@ -463,8 +471,10 @@ fn write_part(
             }
             Msg::Finish => {
                 w.flush()?;
-                // Durable before it can be renamed into place.
-                w.get_ref().sync_all()?;
+                if boot_id().is_none() {
+                    // No boot id to detect a power loss by: durable before the rename.
+                    w.get_ref().sync_all()?;
+                }
                 return Ok(Some(hasher.finish()));
             }
         }

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cache::{self, Cache, Hit, Key};
+use crate::cache::{self, Cache, Check, Hit, Key};
 use crate::checksum::{Algorithm, ChecksumSpec, Digest};
 use crate::client::{self, ProxySettings, RedirectGuard};
 use crate::download::{self, Done, Transfer};
@@ -43,7 +43,8 @@ pub struct FetchConfig {
     /// How often one fetch resumes after a broken connection before it gives up (each
     /// time only if the previous try received something).
     pub resume_attempts: u32,
-    /// Rehash cache hits instead of trusting the verified marker (see `cache`).
+    /// Rehash every cache hit instead of trusting the verified marker (by default only
+    /// entries from an earlier boot are rehashed; see `cache`).
     pub reverify_cached: bool,
     /// Checks every redirect target (the runtime's host grants); `None` allows all.
     pub redirect_guard: Option<RedirectGuard>,
@@ -263,7 +264,7 @@ impl Fetcher {
             (Source::Local(_), _) if req.local == LocalMode::InPlace => false,
             (s, Some(Ok(exp))) => self
                 .cache
-                .valid(&self.key(s, exp.as_ref()), false)
+                .valid(&self.key(s, exp.as_ref()), Check::Shallow)
                 .is_some(),
             _ => false,
         });
@@ -372,7 +373,11 @@ impl Fetcher {
             Source::Local(p) => Some(source_stamp(p)?),
             Source::Http(_) => None,
         };
-        let deep = self.cfg.reverify_cached;
+        let check = if self.cfg.reverify_cached {
+            Check::Deep
+        } else {
+            Check::Use
+        };
         let lock_err = |source| FetchError::CacheIo {
             what: "locking",
             path: paths.lock.clone(),
@@ -382,10 +387,10 @@ impl Fetcher {
         let mut wait = WAIT_MIN;
         loop {
             // 1. A complete entry: share it.
-            if self.usable(&key, false, &stamp).is_some()
+            if self.usable(&key, Check::Shallow, &stamp).is_some()
                 && let Some(lease) =
                     KeyLock::try_acquire(&paths.lock, Mode::Shared).map_err(lock_err)?
-                && let Some(hit) = self.usable(&key, deep, &stamp)
+                && let Some(hit) = self.usable(&key, check, &stamp)
             {
                 return Ok(self.hit(src, hit, &key, lease, Origin::Cache));
             }
@@ -393,7 +398,7 @@ impl Fetcher {
             if let Some(lock) =
                 KeyLock::try_acquire(&paths.lock, Mode::Exclusive).map_err(lock_err)?
             {
-                if let Some(hit) = self.usable(&key, deep, &stamp) {
+                if let Some(hit) = self.usable(&key, check, &stamp) {
                     // Finished by someone else between our two checks.
                     if let Some(lease) = lock.downgrade().map_err(lock_err)? {
                         return Ok(self.hit(src, hit, &key, lease, Origin::Cache));
@@ -428,9 +433,9 @@ impl Fetcher {
         }
     }
 
-    fn usable(&self, key: &Key, deep: bool, stamp: &Option<String>) -> Option<Hit> {
+    fn usable(&self, key: &Key, check: Check, stamp: &Option<String>) -> Option<Hit> {
         self.cache
-            .valid(key, deep)
+            .valid(key, check)
             .filter(|h| stamp.is_none() || h.marker.source_stamp == *stamp)
     }
 
@@ -709,7 +714,9 @@ fn copy_hashing(from: &Path, part: &Path, algorithm: Algorithm) -> std::io::Resu
         dst.write_all(&buf[..n])?;
         size += n as u64;
     }
-    dst.sync_all()?;
+    if cache::boot_id().is_none() {
+        dst.sync_all()?;
+    }
     Ok((h.finish(), size))
 }
 

@@ -5,16 +5,19 @@
 //!
 //! * **Nothing unverified is used or kept as an entry.** Content is hashed while it is
 //!   written (never a second read) into a temporary `.part` file and renamed to its final
-//!   name only after the digest matched and the data was fsynced; a mismatch deletes the
-//!   partial and fails naming both digests. `none` skips the comparison (the caller
-//!   warns) but still records the computed SHA-256.
+//!   name only after the digest matched; a mismatch deletes the partial and fails naming
+//!   both digests. `none` skips the comparison (the caller warns) but still records the
+//!   computed SHA-256.
 //! * **One download per key.** Entries are keyed by URL and checksum. An exclusive
 //!   `flock` per key serialises writers across threads and processes; others wait (and
 //!   are told, so the UI can say so) and then use the finished entry. A returned
 //!   [`Fetched`] holds a shared lock so `prune` never deletes a file in use.
 //! * **Crash safety.** Any crash leaves a complete verified entry, a resumable partial
 //!   (resumed with `Range` + `If-Range`, restarted from zero when the server cannot
-//!   resume), or leftovers that are never used and are cleaned up.
+//!   resume), or leftovers that are never used and are cleaned up. Entries record the
+//!   boot they were written in instead of being fsynced; an entry from an earlier boot
+//!   (the only case where a power loss could have lost its blocks) is rehashed before
+//!   its first use.
 //! * **Private cache.** The directory is created 0700 and files 0600; a directory owned
 //!   by someone else or writable by group/others is refused.
 //! * **Hostile servers.** Sizes, redirects, sums files and metadata are bounded; errors

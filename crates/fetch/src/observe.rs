@@ -53,6 +53,9 @@ pub enum Restart {
     RangeRejected,
     /// The partial download had no validator to resume against and no checksum to check it.
     NoValidator,
+    /// The partial download is from before a reboot (a power loss may have cut its tail)
+    /// and there is no checksum to check a resumed result.
+    PartialFromEarlierBoot,
     /// The checksum did not match after a resumed download; one full download is tried.
     MismatchAfterResume,
 }
@@ -66,6 +69,9 @@ impl std::fmt::Display for Restart {
             }
             Restart::RangeRejected => "the server rejected the resume range",
             Restart::NoValidator => "the partial download cannot be checked for resuming",
+            Restart::PartialFromEarlierBoot => {
+                "the partial download is from before a reboot and there is no checksum to check it"
+            }
             Restart::MismatchAfterResume => {
                 "the checksum did not match after resuming; downloading the whole file again"
             }

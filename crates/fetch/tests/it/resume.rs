@@ -306,3 +306,47 @@ async fn killed_process_leaves_a_resumable_partial() {
         Some(format!("bytes={kept}-").as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_partials_resume_only_within_the_same_boot() {
+    let server = HttpServer::builder()
+        .cut_after(CUT)
+        .cut_times(2)
+        .start()
+        .expect("http server");
+    let sha = serve_file(&server, "n.img", SIZE, 49);
+    let cache = tempfile::tempdir().unwrap();
+    let f = no_retry(cache.path());
+    let req = FetchRequest::new(server.url("n.img"), ChecksumSpec::None);
+    assert!(
+        f.fetch(&req, &Recorder::default())
+            .await
+            .unwrap_err()
+            .is_resumable()
+    );
+    // Same boot, validators present: `none` resumes too.
+    match f.fetch(&req, &Recorder::default()).await {
+        Err(FetchError::Interrupted { received, .. }) => assert_eq!(received, 2 * CUT),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        server.gets("/n.img")[1].range.as_deref(),
+        Some(format!("bytes={CUT}-").as_str())
+    );
+    // The partial claims an earlier boot: without a checksum it is not trusted.
+    let meta = cache_files(cache.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".part.json"))
+        .expect("resume record");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    v["boot_id"] = "00000000-0000-0000-0000-000000000000".into();
+    std::fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
+    let rec = Recorder::default();
+    let got = f.fetch(&req, &rec).await.unwrap();
+    assert_eq!(testkit::sha256_file(&got.path).unwrap(), sha);
+    assert!(
+        rec.events()
+            .contains(&Event::Restarted(Restart::PartialFromEarlierBoot))
+    );
+    assert_eq!(server.gets("/n.img")[2].range, None);
+}
