@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kiln-fetch --cache DIR [--checksum SPEC] [--ca-file PEM] [--copy] [--no-proxy]
-//!            [--resume-attempts N] [--read-timeout SECS] [--progress] URL [URL...]
+//!            [--resume-attempts N] [--read-timeout SECS] [--progress] [--reverify] URL [URL...]
 //! kiln-fetch --cache DIR --list
 //! kiln-fetch --cache DIR --prune all|older:SECS|max:BYTES
 //! ```
@@ -68,7 +68,7 @@ fn usage(msg: &str) -> ExitCode {
     eprintln!("kiln-fetch: {msg}");
     eprintln!(
         "usage: kiln-fetch --cache DIR [--checksum SPEC] [--ca-file PEM] [--copy] [--no-proxy] \
-         [--resume-attempts N] [--read-timeout SECS] [--progress] URL [URL...]\n       \
+         [--resume-attempts N] [--read-timeout SECS] [--progress] [--reverify] URL [URL...]\n       \
          kiln-fetch --cache DIR --list | --prune all|older:SECS|max:BYTES"
     );
     ExitCode::from(2)
@@ -97,6 +97,7 @@ fn main() -> ExitCode {
     let mut resume_attempts = None;
     let mut read_timeout = None;
     let mut progress = false;
+    let mut reverify = false;
     let mut list = false;
     let mut prune: Option<String> = None;
     let mut urls = Vec::new();
@@ -110,6 +111,7 @@ fn main() -> ExitCode {
                 "--copy" => copy = true,
                 "--no-proxy" => no_proxy = true,
                 "--progress" => progress = true,
+                "--reverify" => reverify = true,
                 "--list" => list = true,
                 "--prune" => prune = Some(value("--prune")?),
                 "--resume-attempts" => {
@@ -143,6 +145,7 @@ fn main() -> ExitCode {
     if no_proxy {
         cfg.proxy = ProxySettings::none();
     }
+    cfg.reverify_cached = reverify;
     if let Some(n) = resume_attempts {
         cfg.resume_attempts = n;
     }
