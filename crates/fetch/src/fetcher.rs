@@ -278,10 +278,11 @@ impl Fetcher {
         for (n, i) in order.iter().enumerate() {
             let (src, expected) = &mut plans[*i];
             let src = &*src;
-            let result = match expected.take() {
-                Some(Err(e)) => Err(e),
-                Some(Ok(exp)) => self.fetch_one(src, exp.as_ref(), req.local, observer).await,
-                None => continue,
+            // `order` is a permutation of the plans, so each is taken exactly once.
+            let expected = expected.take().expect("each URL is tried once");
+            let result = match expected {
+                Err(e) => Err(e),
+                Ok(exp) => self.fetch_one(src, exp.as_ref(), req.local, observer).await,
             };
             match result {
                 Ok(f) => return Ok(f),
