@@ -63,7 +63,9 @@ fn check_repo_tag(t: &str) -> Result<(), ArchiveError> {
     }
     crate::layout::check_tag(tag).map_err(|_| bad())?;
     let name_ok = name.bytes().all(|b| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
     });
     if name_ok { Ok(()) } else { Err(bad()) }
 }
@@ -96,8 +98,11 @@ pub fn write_docker_archive(
         h
     };
     let cfg = &image.config_json;
-    tar.append(&file_header(config_name.clone(), cfg.len() as u64), Some(&mut &cfg[..]))
-        .map_err(ArchiveError::Write)?;
+    tar.append(
+        &file_header(config_name.clone(), cfg.len() as u64),
+        Some(&mut &cfg[..]),
+    )
+    .map_err(ArchiveError::Write)?;
     let mut layer_names = Vec::new();
     let mut written = HashSet::new();
     for (d, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
@@ -108,9 +113,11 @@ pub fn write_docker_archive(
         }
         let size = uncompressed_size(layout, d, diff_id)?;
         let blob = layout.open_blob(d)?;
-        let (_, raw) = decompress(BufReader::with_capacity(256 * 1024, blob)).map_err(ArchiveError::Write)?;
+        let (_, raw) =
+            decompress(BufReader::with_capacity(256 * 1024, blob)).map_err(ArchiveError::Write)?;
         let mut r = DigestReader::new(raw, size);
-        tar.append(&file_header(name, size), Some(&mut r)).map_err(ArchiveError::Write)?;
+        tar.append(&file_header(name, size), Some(&mut r))
+            .map_err(ArchiveError::Write)?;
         // Whatever is left must be nothing, and the tar what the config says.
         io::copy(&mut r, &mut io::sink()).map_err(ArchiveError::Write)?;
         let (got, n) = r.finish();
@@ -127,16 +134,24 @@ pub fn write_docker_archive(
         layers: layer_names,
     }];
     let mj = to_canonical_json(&manifest).map_err(|e| ArchiveError::Write(io::Error::other(e)))?;
-    tar.append(&file_header("manifest.json".into(), mj.len() as u64), Some(&mut &mj[..]))
-        .map_err(ArchiveError::Write)?;
+    tar.append(
+        &file_header("manifest.json".into(), mj.len() as u64),
+        Some(&mut &mj[..]),
+    )
+    .map_err(ArchiveError::Write)?;
     let out = tar.finish().map_err(ArchiveError::Write)?;
     out.flush().map_err(ArchiveError::Write)
 }
 
 /// Streams the layer once to measure its uncompressed size and check its diff_id.
-fn uncompressed_size(layout: &OciLayout, d: &Descriptor, diff_id: &Digest) -> Result<u64, ArchiveError> {
+fn uncompressed_size(
+    layout: &OciLayout,
+    d: &Descriptor,
+    diff_id: &Digest,
+) -> Result<u64, ArchiveError> {
     let blob = layout.open_blob(d)?;
-    let (_, raw) = decompress(BufReader::with_capacity(256 * 1024, blob)).map_err(ArchiveError::Write)?;
+    let (_, raw) =
+        decompress(BufReader::with_capacity(256 * 1024, blob)).map_err(ArchiveError::Write)?;
     let mut r = DigestReader::new(raw, u64::MAX);
     io::copy(&mut r, &mut io::sink()).map_err(|e| ArchiveError::Read {
         path: layout.blob_path(&d.digest),
@@ -212,7 +227,9 @@ impl DockerArchive {
             if h.kind != Kind::File {
                 continue;
             }
-            let name = String::from_utf8_lossy(&h.path).trim_start_matches("./").to_string();
+            let name = String::from_utf8_lossy(&h.path)
+                .trim_start_matches("./")
+                .to_string();
             let offset = tar_pos(&tar);
             if name == "manifest.json" {
                 if h.size > MAX_DOC as u64 {
@@ -237,7 +254,11 @@ impl DockerArchive {
                 .iter()
                 .find(|m| m.name == n)
                 .cloned()
-                .ok_or_else(|| not(format!("{n} is listed in manifest.json but not in the archive")))
+                .ok_or_else(|| {
+                    not(format!(
+                        "{n} is listed in manifest.json but not in the archive"
+                    ))
+                })
         };
         let mut images = Vec::new();
         for e in entries {
@@ -249,7 +270,11 @@ impl DockerArchive {
             file.seek(SeekFrom::Start(cm.offset)).map_err(read)?;
             file.read_exact(&mut config_json).map_err(read)?;
             let config = ImageConfig::from_json(&config_json)?;
-            let layers = e.layers.iter().map(|l| find(l)).collect::<Result<Vec<_>, _>>()?;
+            let layers = e
+                .layers
+                .iter()
+                .map(|l| find(l))
+                .collect::<Result<Vec<_>, _>>()?;
             images.push(ArchiveImage {
                 repo_tags: e.repo_tags,
                 config,
@@ -287,10 +312,11 @@ impl DockerArchive {
                 .into());
             }
             for (m, diff_id) in img.layers.iter().zip(&img.config.rootfs.diff_ids) {
-                let (_, raw) = decompress(self.member_reader(m)?).map_err(|e| ArchiveError::Read {
-                    path: self.path.clone(),
-                    source: e,
-                })?;
+                let (_, raw) =
+                    decompress(self.member_reader(m)?).map_err(|e| ArchiveError::Read {
+                        path: self.path.clone(),
+                        source: e,
+                    })?;
                 let mut r = DigestReader::new(raw, u64::MAX);
                 io::copy(&mut r, &mut io::sink()).map_err(|e| ArchiveError::Read {
                     path: self.path.clone(),

@@ -181,7 +181,9 @@ impl Compressor for Uncompressed {
 
 /// A reader of the uncompressed bytes of `blob`, whatever its compression (gzip,
 /// including multi-member; zstd, with libzstd's default 128 MiB window limit; plain).
-pub fn decompress<'a, R: BufRead + 'a>(mut blob: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+pub fn decompress<'a, R: BufRead + 'a>(
+    mut blob: R,
+) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let c = Compression::detect(blob.fill_buf()?);
     let r: Box<dyn Read + 'a> = match c {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(blob)),
@@ -205,7 +207,9 @@ mod tests {
 
     #[test]
     fn round_trips_and_is_deterministic() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for c in [
             &Gzip::default() as &dyn Compressor,
             &Zstd::default(),

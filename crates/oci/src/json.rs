@@ -75,7 +75,8 @@ mod tests {
 
     #[test]
     fn keys_sorted_at_every_level() {
-        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":"\u00e9\n"}}"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":1,"x":2}],"c":"\u00e9\n"}}"#).unwrap();
         let out = to_canonical_json(&v).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),

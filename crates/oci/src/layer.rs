@@ -122,7 +122,9 @@ pub fn write_layer(
     }
     let mut counted = DigestWriter::new(out);
     let (diff_id, uncompressed_size, entries) = {
-        let mut comp = compressor.compress(&mut counted).map_err(LayerError::Write)?;
+        let mut comp = compressor
+            .compress(&mut counted)
+            .map_err(LayerError::Write)?;
         let (diff_id, uncompressed_size, entries) = {
             let diff = DigestWriter::new(&mut *comp);
             let mut walker = Walker {
@@ -322,16 +324,20 @@ impl<W: Write> Walker<W> {
                 .custom_flags(libc_o_nofollow())
                 .open(path)
                 .map_err(read)?;
-            return self.tar.append(&h, Some(&mut f)).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    LayerError::Read {
-                        path: path.to_path_buf(),
-                        source: e,
+            return self
+                .tar
+                .append(&h, Some(&mut f))
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        LayerError::Read {
+                            path: path.to_path_buf(),
+                            source: e,
+                        }
+                    } else {
+                        LayerError::Write(e)
                     }
-                } else {
-                    LayerError::Write(e)
-                }
-            }).map(|()| self.entries += 1);
+                })
+                .map(|()| self.entries += 1);
         }
         let kind = if ft.is_char_device() {
             Kind::Char

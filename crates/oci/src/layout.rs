@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::compress::Compressor;
 use crate::digest::{Digest, DigestReader, DigestWriter, LimitExceeded};
 use crate::image::{
-    BuiltImage, Descriptor, FormatError, ImageConfig, Index, MAX_DOC, Manifest, ManifestDoc, Platform,
-    parse_manifest,
+    BuiltImage, Descriptor, FormatError, ImageConfig, Index, MAX_DOC, Manifest, ManifestDoc,
+    Platform, parse_manifest,
 };
 use crate::layer::{LayerError, LayerInfo, LayerOptions, write_layer};
 use crate::media;
@@ -48,7 +48,9 @@ pub enum LayoutError {
         layout: PathBuf,
         reason: String,
     },
-    #[error("tag {0:?} is not valid: use 1..128 characters from [A-Za-z0-9_.-] (not starting with '.' or '-')")]
+    #[error(
+        "tag {0:?} is not valid: use 1..128 characters from [A-Za-z0-9_.-] (not starting with '.' or '-')"
+    )]
     BadTag(String),
     #[error("the index for {tag:?} has no manifest for {platform}")]
     NoPlatform { tag: String, platform: String },
@@ -62,9 +64,15 @@ pub enum LayoutError {
 pub fn check_tag(tag: &str) -> Result<(), LayoutError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !tag.starts_with(['.', '-']);
-    if ok { Ok(()) } else { Err(LayoutError::BadTag(tag.to_string())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(LayoutError::BadTag(tag.to_string()))
+    }
 }
 
 /// An image read from a layout (or pulled into one).
@@ -99,8 +107,11 @@ impl OciLayout {
         }
         let l = OciLayout::open(dir)?;
         if !l.root.join("index.json").exists() {
-            write_atomic(&l.root.join("index.json"), &Index::new(Vec::new()).to_json())
-                .map_err(|e| io("cannot write index.json", e))?;
+            write_atomic(
+                &l.root.join("index.json"),
+                &Index::new(Vec::new()).to_json(),
+            )
+            .map_err(|e| io("cannot write index.json", e))?;
         }
         Ok(l)
     }
@@ -146,7 +157,9 @@ impl OciLayout {
     /// A writer for a new blob; [`BlobWriter::commit`] names it by its digest.
     pub fn blob_writer(&self) -> Result<BlobWriter, LayoutError> {
         let tmp = self.temp_blob()?;
-        let file = tmp.reopen().map_err(|e| self.io("cannot open a temporary blob", e))?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| self.io("cannot open a temporary blob", e))?;
         Ok(BlobWriter {
             tmp,
             out: DigestWriter::new(BufWriter::with_capacity(256 * 1024, file)),
@@ -163,7 +176,11 @@ impl OciLayout {
     }
 
     /// Stores a complete, verified temporary file as the blob `digest`.
-    pub(crate) fn persist_blob(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), LayoutError> {
+    pub(crate) fn persist_blob(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        digest: &Digest,
+    ) -> Result<(), LayoutError> {
         tmp.persist(self.blob_path(digest))
             .map_err(|e| self.io("cannot store a blob", e.error))?;
         Ok(())
@@ -176,7 +193,8 @@ impl OciLayout {
             return Ok(d);
         }
         let mut w = self.blob_writer()?;
-        w.write_all(bytes).map_err(|e| self.io("cannot write a blob", e))?;
+        w.write_all(bytes)
+            .map_err(|e| self.io("cannot write a blob", e))?;
         w.commit(Some(&d.digest))?;
         Ok(d)
     }
@@ -189,14 +207,17 @@ impl OciLayout {
         compressor: &dyn Compressor,
     ) -> Result<LayerInfo, LayoutError> {
         let tmp = self.temp_blob()?;
-        let mut file = tmp.reopen().map_err(|e| self.io("cannot open a temporary blob", e))?;
+        let mut file = tmp
+            .reopen()
+            .map_err(|e| self.io("cannot open a temporary blob", e))?;
         let info = {
             let mut out = BufWriter::with_capacity(256 * 1024, &mut file);
             let info = write_layer(dir, options, compressor, &mut out)?;
             out.flush().map_err(|e| self.io("cannot write a blob", e))?;
             info
         };
-        file.sync_data().map_err(|e| self.io("cannot sync a blob", e))?;
+        file.sync_data()
+            .map_err(|e| self.io("cannot sync a blob", e))?;
         tmp.persist(self.blob_path(&info.digest))
             .map_err(|e| self.io("cannot store a blob", e.error))?;
         Ok(info)
@@ -230,11 +251,12 @@ impl OciLayout {
         }
         let mut r = self.open_blob(d)?;
         let mut v = Vec::with_capacity(d.size as usize);
-        r.read_to_end(&mut v).map_err(|e| LayoutError::BlobCorrupt {
-            digest: d.digest.clone(),
-            layout: self.root.clone(),
-            reason: e.to_string(),
-        })?;
+        r.read_to_end(&mut v)
+            .map_err(|e| LayoutError::BlobCorrupt {
+                digest: d.digest.clone(),
+                layout: self.root.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(v)
     }
 
@@ -255,7 +277,10 @@ impl OciLayout {
             .map_err(|e| self.io("cannot read index.json", e))?;
         match parse_manifest(&bytes, Some(media::OCI_INDEX))? {
             ManifestDoc::Index(i) => Ok(i),
-            ManifestDoc::Image(_) => Err(FormatError::Unsupported("index.json holds a manifest, not an index".into()).into()),
+            ManifestDoc::Image(_) => Err(FormatError::Unsupported(
+                "index.json holds a manifest, not an index".into(),
+            )
+            .into()),
         }
     }
 
@@ -274,18 +299,23 @@ impl OciLayout {
         check_tag(tag)?;
         let _lock = self.lock()?;
         let mut index = self.index()?;
-        index
-            .manifests
-            .retain(|d| d.annotations.get(media::ANNOTATION_REF_NAME).map(String::as_str) != Some(tag));
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(media::ANNOTATION_REF_NAME)
+                .map(String::as_str)
+                != Some(tag)
+        });
         let mut d = manifest.clone();
-        d.annotations.insert(media::ANNOTATION_REF_NAME.into(), tag.into());
+        d.annotations
+            .insert(media::ANNOTATION_REF_NAME.into(), tag.into());
         index.manifests.push(d);
         write_atomic(&self.root.join("index.json"), &index.to_json())
             .map_err(|e| self.io("cannot write index.json", e))
     }
 
     fn lock(&self) -> Result<File, LayoutError> {
-        let f = File::open(self.root.join(LAYOUT_FILE)).map_err(|e| self.io("cannot open oci-layout", e))?;
+        let f = File::open(self.root.join(LAYOUT_FILE))
+            .map_err(|e| self.io("cannot open oci-layout", e))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| self.io("cannot lock oci-layout", e.into()))?;
         Ok(f)
@@ -312,10 +342,12 @@ impl OciLayout {
     /// The descriptor `tag` names.
     pub fn resolve(&self, tag: &str) -> Result<Descriptor, LayoutError> {
         let index = self.index()?;
-        let found = index
-            .manifests
-            .iter()
-            .find(|d| d.annotations.get(media::ANNOTATION_REF_NAME).map(String::as_str) == Some(tag));
+        let found = index.manifests.iter().find(|d| {
+            d.annotations
+                .get(media::ANNOTATION_REF_NAME)
+                .map(String::as_str)
+                == Some(tag)
+        });
         match found {
             Some(d) => Ok(d.clone()),
             None => Err(LayoutError::TagNotFound {
@@ -337,15 +369,22 @@ impl OciLayout {
     }
 
     /// Reads the image whose manifest (or index) is `d`.
-    pub fn read_image_at(&self, mut d: Descriptor, tag: &str, platform: &Platform) -> Result<LocalImage, LayoutError> {
+    pub fn read_image_at(
+        &self,
+        mut d: Descriptor,
+        tag: &str,
+        platform: &Platform,
+    ) -> Result<LocalImage, LayoutError> {
         // Nested indexes are allowed by the spec; two levels is more than any tool makes.
         for _ in 0..3 {
             let bytes = self.read_blob(&d)?;
             match parse_manifest(&bytes, Some(&d.media_type))? {
                 ManifestDoc::Index(i) => {
-                    d = i.find_platform(platform).cloned().ok_or_else(|| LayoutError::NoPlatform {
-                        tag: tag.into(),
-                        platform: platform.to_string(),
+                    d = i.find_platform(platform).cloned().ok_or_else(|| {
+                        LayoutError::NoPlatform {
+                            tag: tag.into(),
+                            platform: platform.to_string(),
+                        }
                     })?;
                 }
                 ManifestDoc::Image(m) => {
@@ -355,7 +394,7 @@ impl OciLayout {
                     md.annotations.clear();
                     return Ok(LocalImage {
                         manifest_descriptor: md,
-                        manifest: m,
+                        manifest: *m,
                         manifest_json: bytes,
                         config,
                         config_json,
@@ -393,8 +432,11 @@ impl BlobWriter {
     /// digest is refused and nothing is stored.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), LayoutError> {
         let (digest, size, buf) = self.out.finish();
-        let file = buf.into_inner().map_err(|e| self.layout.io("cannot write a blob", e.into_error()))?;
-        file.sync_data().map_err(|e| self.layout.io("cannot sync a blob", e))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| self.layout.io("cannot write a blob", e.into_error()))?;
+        file.sync_data()
+            .map_err(|e| self.layout.io("cannot sync a blob", e))?;
         if let Some(exp) = expected
             && *exp != digest
         {
@@ -425,13 +467,20 @@ impl Read for BlobReader {
         };
         let n = inner.read(buf).map_err(|e| {
             if LimitExceeded::is(&e) {
-                io::Error::new(io::ErrorKind::InvalidData, format!("blob {} is longer than {} bytes", self.expected, self.size))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("blob {} is longer than {} bytes", self.expected, self.size),
+                )
             } else {
                 e
             }
         })?;
         if n == 0 && !buf.is_empty() {
-            let (digest, len) = self.inner.take().map(DigestReader::finish).unwrap_or((Digest::of(b""), 0));
+            let (digest, len) = self
+                .inner
+                .take()
+                .map(DigestReader::finish)
+                .unwrap_or((Digest::of(b""), 0));
             if len != self.size || digest != self.expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

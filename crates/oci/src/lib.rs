@@ -34,19 +34,21 @@ pub mod layout;
 pub mod media;
 pub mod registry;
 mod tarfmt;
-pub mod unpack;
 #[cfg(feature = "testkit")]
-//pub mod testkit;
+pub mod testkit;
+pub mod unpack;
 
 pub use archive::{ArchiveError, DockerArchive, write_docker_archive};
 pub use compress::{Compression, Compressor, FinishWrite, Gzip, Uncompressed, Zstd};
 pub use digest::{BadDigest, Digest, DigestWriter};
 pub use image::{
-    BuiltImage, Changes, ChangesError, ContainerConfig, Descriptor, FormatError, History, ImageBuilder,
-    ImageConfig, Index, Manifest, ManifestDoc, Platform, Step,
+    BuiltImage, Changes, ChangesError, ContainerConfig, Descriptor, FormatError, History,
+    ImageBuilder, ImageConfig, Index, Manifest, ManifestDoc, Platform, Step,
 };
 pub use json::{rfc3339, to_canonical_json};
 pub use layer::{LayerError, LayerInfo, LayerOptions, LayerSource, upper_is_empty, write_layer};
 pub use layout::{LayoutError, LocalImage, OciLayout};
-pub use registry::{Credentials, ImageSource, Reference, RegistryClient, RegistryError, RegistryOptions, Secret};
+pub use registry::{
+    Credentials, ImageSource, Reference, RegistryClient, RegistryError, RegistryOptions, Secret,
+};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};

@@ -144,7 +144,8 @@ impl<W: Write> TarWriter<W> {
         let block = ustar_block(h, h.kind.flag(), prefix, name, link, size.min(MAX_OCTAL_11))?;
         self.put(&block)?;
         if size > 0 {
-            let data = data.ok_or_else(|| io::Error::other("a regular file entry needs its data"))?;
+            let data =
+                data.ok_or_else(|| io::Error::other("a regular file entry needs its data"))?;
             let mut limited = data.take(size);
             let mut buf = vec![0u8; 256 * 1024];
             let mut left = size;
@@ -248,7 +249,9 @@ fn put_octal(field: &mut [u8], v: u64) -> io::Result<()> {
     let digits = field.len() - 1;
     let s = format!("{v:0digits$o}");
     if s.len() > digits {
-        return Err(io::Error::other(format!("{v} does not fit a tar header field")));
+        return Err(io::Error::other(format!(
+            "{v} does not fit a tar header field"
+        )));
     }
     field[..digits].copy_from_slice(s.as_bytes());
     field[digits] = 0;
@@ -387,13 +390,15 @@ impl<R: Read> TarReader<R> {
         self.padding = 0;
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
-        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut pax: PaxRecords = Vec::new();
         loop {
             let Some(b) = self.read_block()? else {
                 // A stream cut without the end marker: tolerated only between entries
                 // and only if no extension header is pending.
                 if long_name.is_some() || long_link.is_some() || !pax.is_empty() {
-                    return Err(TarError::Corrupt("the stream ends after an extension header".into()));
+                    return Err(TarError::Corrupt(
+                        "the stream ends after an extension header".into(),
+                    ));
                 }
                 self.done = true;
                 return Ok(None);
@@ -418,11 +423,19 @@ impl<R: Read> TarReader<R> {
                     continue;
                 }
                 b'L' => {
-                    long_name = Some(trim_nul(self.read_meta(size, MAX_GNU_LONG, "GNU long name")?));
+                    long_name = Some(trim_nul(self.read_meta(
+                        size,
+                        MAX_GNU_LONG,
+                        "GNU long name",
+                    )?));
                     continue;
                 }
                 b'K' => {
-                    long_link = Some(trim_nul(self.read_meta(size, MAX_GNU_LONG, "GNU long link")?));
+                    long_link = Some(trim_nul(self.read_meta(
+                        size,
+                        MAX_GNU_LONG,
+                        "GNU long link",
+                    )?));
                     continue;
                 }
                 b'S' => return Err(TarError::Unsupported("GNU sparse files".into())),
@@ -608,8 +621,10 @@ fn parse_signed(field: &[u8], what: &str) -> Result<i64, TarError> {
     if s.is_empty() {
         return Ok(0);
     }
-    let text = std::str::from_utf8(&s).map_err(|_| TarError::Corrupt(format!("{what} is not octal")))?;
-    i64::from_str_radix(text, 8).map_err(|_| TarError::Corrupt(format!("{what} {text:?} is not octal")))
+    let text =
+        std::str::from_utf8(&s).map_err(|_| TarError::Corrupt(format!("{what} is not octal")))?;
+    i64::from_str_radix(text, 8)
+        .map_err(|_| TarError::Corrupt(format!("{what} {text:?} is not octal")))
 }
 
 fn pax_u64(v: &[u8], what: &str) -> Result<u64, TarError> {
@@ -619,7 +634,10 @@ fn pax_u64(v: &[u8], what: &str) -> Result<u64, TarError> {
         .ok_or_else(|| TarError::Corrupt(format!("PAX {what} is not a number")))
 }
 
-fn parse_pax(mut body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TarError> {
+/// PAX records as (key, value) bytes.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn parse_pax(mut body: &[u8]) -> Result<PaxRecords, TarError> {
     let mut out = Vec::new();
     while !body.is_empty() {
         if body.iter().all(|&c| c == 0) {

@@ -97,9 +97,7 @@ pub enum UnpackError {
         target: PathBuf,
         source: io::Error,
     },
-    #[error(
-        "openat2 is not available (Linux ≥ 5.6 is needed to unpack layers safely): {0}"
-    )]
+    #[error("openat2 is not available (Linux ≥ 5.6 is needed to unpack layers safely): {0}")]
     NoOpenat2(io::Error),
 }
 
@@ -159,7 +157,9 @@ pub fn unpack_layer<R: Read>(
             Err(e) => return Err(e.into()),
         };
         u.entry(&h, &mut tar).map_err(|e| match e {
-            UnpackError::Io { ref source, .. } if too_large(source) => UnpackError::TooLarge { limit },
+            UnpackError::Io { ref source, .. } if too_large(source) => {
+                UnpackError::TooLarge { limit }
+            }
             e => e,
         })?;
         u.entries += 1;
@@ -279,7 +279,9 @@ impl Unpacker {
 
     fn resolve_err(&self, path: &[u8], e: Errno) -> UnpackError {
         match e {
-            Errno::LOOP | Errno::XDEV | Errno::NOTDIR => UnpackError::ThroughSymlink { path: lossy(path) },
+            Errno::LOOP | Errno::XDEV | Errno::NOTDIR => {
+                UnpackError::ThroughSymlink { path: lossy(path) }
+            }
             Errno::NOSYS => UnpackError::NoOpenat2(e.into()),
             e => self.io("cannot open the parent of", path, e),
         }
@@ -287,7 +289,12 @@ impl Unpacker {
 
     /// Opens the directory `dir` (components) beneath the root, creating missing
     /// directories (mode 0755) when `create` is set. Never follows a symlink.
-    fn open_dir(&mut self, dir: &[&[u8]], create: bool, full: &[u8]) -> Result<OwnedFd, UnpackError> {
+    fn open_dir(
+        &mut self,
+        dir: &[&[u8]],
+        create: bool,
+        full: &[u8],
+    ) -> Result<OwnedFd, UnpackError> {
         let key = join(dir);
         if let Some((k, fd)) = &self.parent_cache
             && *k == key
@@ -296,13 +303,18 @@ impl Unpacker {
         }
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = if dir.is_empty() {
-            self.root.try_clone().map_err(|e| self.io("cannot open", full, e))?
+            self.root
+                .try_clone()
+                .map_err(|e| self.io("cannot open", full, e))?
         } else {
             match rustix::fs::openat2(&self.root, &key[..], flags, Mode::empty(), beneath()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     // Walk down, making what is missing: tars may omit parent entries.
-                    let mut fd = self.root.try_clone().map_err(|e| self.io("cannot open", full, e))?;
+                    let mut fd = self
+                        .root
+                        .try_clone()
+                        .map_err(|e| self.io("cannot open", full, e))?;
                     for (i, c) in dir.iter().enumerate() {
                         match rustix::fs::mkdirat(&fd, *c, Mode::from_raw_mode(0o755)) {
                             Ok(()) => {
@@ -321,7 +333,9 @@ impl Unpacker {
                 Err(e) => return Err(self.resolve_err(full, e)),
             }
         };
-        let keep = fd.try_clone().map_err(|e| self.io("cannot open", full, e))?;
+        let keep = fd
+            .try_clone()
+            .map_err(|e| self.io("cannot open", full, e))?;
         self.parent_cache = Some((key, keep));
         Ok(fd)
     }
@@ -391,7 +405,11 @@ impl Unpacker {
                 let fd = rustix::fs::openat(
                     &pfd,
                     name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.io("cannot create", &full, e))?;
@@ -508,7 +526,12 @@ impl Unpacker {
                 reason: "a whiteout that names no file",
             });
         }
-        let real_full = [&join(parent)[..], if parent.is_empty() { b"" } else { b"/" }, real].concat();
+        let real_full = [
+            &join(parent)[..],
+            if parent.is_empty() { b"" } else { b"/" },
+            real,
+        ]
+        .concat();
         match self.mode {
             WhiteoutMode::Overlay => {
                 let pfd = self.open_dir(parent, true, full)?;
@@ -540,7 +563,12 @@ impl Unpacker {
 
     /// Owner, mode, capability xattr and mtime, in that order: chown clears setuid bits
     /// and file capabilities, so they are set after it.
-    fn set_meta(&self, fd: std::os::fd::BorrowedFd<'_>, h: &Header, full: &[u8]) -> Result<(), UnpackError> {
+    fn set_meta(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        h: &Header,
+        full: &[u8],
+    ) -> Result<(), UnpackError> {
         if self.is_root {
             rustix::fs::fchown(fd, Some(uid(h.uid)), Some(gid(h.gid)))
                 .map_err(|e| self.io("cannot chown", full, e))?;
@@ -568,10 +596,22 @@ impl Unpacker {
         Ok(())
     }
 
-    fn set_link_meta(&self, pfd: &OwnedFd, name: &[u8], h: &Header, full: &[u8]) -> Result<(), UnpackError> {
+    fn set_link_meta(
+        &self,
+        pfd: &OwnedFd,
+        name: &[u8],
+        h: &Header,
+        full: &[u8],
+    ) -> Result<(), UnpackError> {
         if self.is_root {
-            rustix::fs::chownat(pfd, name, Some(uid(h.uid)), Some(gid(h.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.io("cannot chown", full, e))?;
+            rustix::fs::chownat(
+                pfd,
+                name,
+                Some(uid(h.uid)),
+                Some(gid(h.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.io("cannot chown", full, e))?;
         }
         rustix::fs::utimensat(pfd, name, &times(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.io("cannot set mtime", full, e))
@@ -587,11 +627,22 @@ impl Unpacker {
         full: &[u8],
     ) -> Result<(), UnpackError> {
         if self.is_root {
-            rustix::fs::chownat(pfd, name, Some(uid(h.uid)), Some(gid(h.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.io("cannot chown", full, e))?;
+            rustix::fs::chownat(
+                pfd,
+                name,
+                Some(uid(h.uid)),
+                Some(gid(h.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.io("cannot chown", full, e))?;
         }
-        rustix::fs::chmodat(pfd, name, Mode::from_raw_mode(h.mode & 0o7777), AtFlags::empty())
-            .map_err(|e| self.io("cannot chmod", full, e))?;
+        rustix::fs::chmodat(
+            pfd,
+            name,
+            Mode::from_raw_mode(h.mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("cannot chmod", full, e))?;
         rustix::fs::utimensat(pfd, name, &times(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.io("cannot set mtime", full, e))
     }
@@ -651,7 +702,10 @@ fn copy_exact(from: &mut dyn Read, to: &mut File, size: u64) -> io::Result<()> {
         let want = left.min(buf.len() as u64) as usize;
         let n = from.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ends inside a file"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the layer ends inside a file",
+            ));
         }
         to.write_all(&buf[..n])?;
         left -= n as u64;
@@ -749,7 +803,10 @@ mod tests {
 
     #[test]
     fn components_refuse_escapes() {
-        assert_eq!(components(b"./a//b/./c/").unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(
+            components(b"./a//b/./c/").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
         assert!(components(b"/etc/x").is_err());
         assert!(components(b"a/../../x").is_err());
         assert!(components(b"..").is_err());

@@ -78,19 +78,29 @@ impl Changes {
             match kw.to_ascii_uppercase().as_str() {
                 "ENV" => {
                     // `ENV K=V ...` when the first word has '=', else the legacy `ENV K V`.
-                    if rest.split_whitespace().next().is_some_and(|w| w.contains('=')) {
+                    if rest
+                        .split_whitespace()
+                        .next()
+                        .is_some_and(|w| w.contains('='))
+                    {
                         for w in words(rest).map_err(|r| bad(&r))? {
-                            let (k, v) = w.split_once('=').ok_or_else(|| bad("expected KEY=VALUE pairs"))?;
+                            let (k, v) = w
+                                .split_once('=')
+                                .ok_or_else(|| bad("expected KEY=VALUE pairs"))?;
                             c.env.push((k.into(), v.into()));
                         }
                     } else {
-                        let (k, v) = rest.split_once(char::is_whitespace).ok_or_else(|| bad("expected ENV KEY VALUE"))?;
+                        let (k, v) = rest
+                            .split_once(char::is_whitespace)
+                            .ok_or_else(|| bad("expected ENV KEY VALUE"))?;
                         c.env.push((k.into(), v.trim().into()));
                     }
                 }
                 "LABEL" => {
                     for w in words(rest).map_err(|r| bad(&r))? {
-                        let (k, v) = w.split_once('=').ok_or_else(|| bad("expected KEY=VALUE pairs"))?;
+                        let (k, v) = w
+                            .split_once('=')
+                            .ok_or_else(|| bad("expected KEY=VALUE pairs"))?;
                         c.labels.push((k.into(), v.into()));
                     }
                 }
@@ -99,17 +109,22 @@ impl Changes {
                 "WORKDIR" => c.workdir = Some(rest.into()),
                 "USER" => c.user = Some(rest.into()),
                 "STOPSIGNAL" => c.stop_signal = Some(rest.into()),
-                "EXPOSE" => c.exposed_ports.extend(rest.split_whitespace().map(String::from)),
+                "EXPOSE" => c
+                    .exposed_ports
+                    .extend(rest.split_whitespace().map(String::from)),
                 "VOLUME" => {
                     if rest.starts_with('[') {
-                        let v: Vec<String> = serde_json::from_str(rest).map_err(|_| bad("VOLUME JSON array is malformed"))?;
+                        let v: Vec<String> = serde_json::from_str(rest)
+                            .map_err(|_| bad("VOLUME JSON array is malformed"))?;
                         c.volumes.extend(v);
                     } else {
                         c.volumes.extend(rest.split_whitespace().map(String::from));
                     }
                 }
                 "ONBUILD" | "MAINTAINER" | "HEALTHCHECK" | "SHELL" => {
-                    return Err(bad("this instruction is not supported by kiln's oci builder"));
+                    return Err(bad(
+                        "this instruction is not supported by kiln's oci builder",
+                    ));
                 }
                 _ => return Err(bad("unknown instruction")),
             }
@@ -125,25 +140,41 @@ impl Changes {
             }
             let entry = format!("{k}={v}");
             let prefix = format!("{k}=");
-            match cfg.env.iter_mut().find(|e| e.starts_with(&prefix) || *e == k) {
+            match cfg
+                .env
+                .iter_mut()
+                .find(|e| e.starts_with(&prefix) || *e == k)
+            {
                 Some(e) => *e = entry,
                 None => cfg.env.push(entry),
             }
         }
         if let Some(ep) = &self.entrypoint {
-            cfg.entrypoint = if ep.is_empty() { None } else { Some(ep.clone()) };
+            cfg.entrypoint = if ep.is_empty() {
+                None
+            } else {
+                Some(ep.clone())
+            };
             if self.cmd.is_none() {
                 cfg.cmd = None;
             }
         }
         if let Some(cmd) = &self.cmd {
-            cfg.cmd = if cmd.is_empty() { None } else { Some(cmd.clone()) };
+            cfg.cmd = if cmd.is_empty() {
+                None
+            } else {
+                Some(cmd.clone())
+            };
         }
         if let Some(w) = &self.workdir {
             if w.is_empty() {
                 return Err(ChangesError::Workdir(w.clone()));
             }
-            let base = cfg.working_dir.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| "/".into());
+            let base = cfg
+                .working_dir
+                .clone()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "/".into());
             cfg.working_dir = Some(clean_path(&base, w));
         }
         if let Some(u) = &self.user {
@@ -231,7 +262,11 @@ fn exec_form(s: &str) -> Result<Vec<String>, String> {
 }
 
 fn clean_path(base: &str, p: &str) -> String {
-    let joined = if p.starts_with('/') { p.to_string() } else { format!("{base}/{p}") };
+    let joined = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("{base}/{p}")
+    };
     let mut parts: Vec<&str> = Vec::new();
     for c in joined.split('/') {
         match c {
@@ -271,8 +306,13 @@ fn port_keys(p: &str) -> Result<Vec<String>, ChangesError> {
 fn check_signal(s: &str) -> Result<String, ChangesError> {
     let ok = !s.is_empty()
         && (s.bytes().all(|b| b.is_ascii_digit())
-            || s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-'));
-    if ok { Ok(s.to_string()) } else { Err(ChangesError::Signal(s.to_string())) }
+            || s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ChangesError::Signal(s.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -332,11 +372,56 @@ mod tests {
     fn invalid_changes_are_typed() {
         let mut c = base();
         let bad = |ch: Changes, c: &mut ContainerConfig| ch.apply(c).unwrap_err();
-        assert!(matches!(bad(Changes { env: vec![("A=B".into(), "x".into())], ..Default::default() }, &mut c), ChangesError::EnvName(_)));
-        assert!(matches!(bad(Changes { exposed_ports: vec!["0".into()], ..Default::default() }, &mut c), ChangesError::Port(_)));
-        assert!(matches!(bad(Changes { exposed_ports: vec!["80/icmp".into()], ..Default::default() }, &mut c), ChangesError::Port(_)));
-        assert!(matches!(bad(Changes { volumes: vec!["data".into()], ..Default::default() }, &mut c), ChangesError::Volume(_)));
-        assert!(matches!(bad(Changes { stop_signal: Some("kill -9".into()), ..Default::default() }, &mut c), ChangesError::Signal(_)));
+        assert!(matches!(
+            bad(
+                Changes {
+                    env: vec![("A=B".into(), "x".into())],
+                    ..Default::default()
+                },
+                &mut c
+            ),
+            ChangesError::EnvName(_)
+        ));
+        assert!(matches!(
+            bad(
+                Changes {
+                    exposed_ports: vec!["0".into()],
+                    ..Default::default()
+                },
+                &mut c
+            ),
+            ChangesError::Port(_)
+        ));
+        assert!(matches!(
+            bad(
+                Changes {
+                    exposed_ports: vec!["80/icmp".into()],
+                    ..Default::default()
+                },
+                &mut c
+            ),
+            ChangesError::Port(_)
+        ));
+        assert!(matches!(
+            bad(
+                Changes {
+                    volumes: vec!["data".into()],
+                    ..Default::default()
+                },
+                &mut c
+            ),
+            ChangesError::Volume(_)
+        ));
+        assert!(matches!(
+            bad(
+                Changes {
+                    stop_signal: Some("kill -9".into()),
+                    ..Default::default()
+                },
+                &mut c
+            ),
+            ChangesError::Signal(_)
+        ));
     }
 
     #[test]
@@ -357,7 +442,10 @@ mod tests {
         assert_eq!(c.env[0], ("HOSTNAME".into(), "www.example.com".into()));
         assert_eq!(c.env[2], ("B".into(), "two words".into()));
         assert_eq!(c.labels[1], ("maintainer".into(), "me <me@x>".into()));
-        assert_eq!(c.cmd.as_deref(), Some(&["/bin/sh".to_string(), "-c".into(), "echo hi".into()][..]));
+        assert_eq!(
+            c.cmd.as_deref(),
+            Some(&["/bin/sh".to_string(), "-c".into(), "echo hi".into()][..])
+        );
         assert_eq!(c.exposed_ports, vec!["80", "443"]);
         assert!(Changes::from_instructions(&["ONBUILD RUN x"]).is_err());
         assert!(Changes::from_instructions(&["FROB x"]).is_err());

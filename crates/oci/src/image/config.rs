@@ -12,8 +12,8 @@ use crate::json::{rfc3339, to_canonical_json};
 use crate::layer::LayerInfo;
 use crate::media;
 
-use super::manifest::{Descriptor, Manifest, Platform};
 use super::FormatError;
+use super::manifest::{Descriptor, Manifest, Platform};
 
 /// An empty JSON object, the value type of `ExposedPorts` and `Volumes`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,19 +33,35 @@ where
 pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub exposed_ports: BTreeMap<String, Empty>,
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub volumes: BTreeMap<String, Empty>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
@@ -88,14 +104,22 @@ pub struct ImageConfig {
     pub author: Option<String>,
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ContainerConfig>,
     pub rootfs: RootFs,
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
 }
 
@@ -217,7 +241,9 @@ impl ImageBuilder {
 
     /// The container config, created empty on first use.
     pub fn container_config_mut(&mut self) -> &mut ContainerConfig {
-        self.config.config.get_or_insert_with(ContainerConfig::default)
+        self.config
+            .config
+            .get_or_insert_with(ContainerConfig::default)
     }
 
     pub fn layers(&self) -> &[Descriptor] {
@@ -265,7 +291,11 @@ impl ImageBuilder {
     /// The canonical config and manifest documents.
     pub fn build(&self) -> BuiltImage {
         let config_json = self.config.to_json();
-        let config = Descriptor::new(media::OCI_CONFIG, Digest::of(&config_json), config_json.len() as u64);
+        let config = Descriptor::new(
+            media::OCI_CONFIG,
+            Digest::of(&config_json),
+            config_json.len() as u64,
+        );
         let mut m = Manifest::new(config.clone(), self.layers.clone());
         m.annotations = self.annotations.clone();
         let manifest_json = m.to_json();
@@ -350,11 +380,18 @@ mod tests {
         let c = ImageConfig::from_json(DOCKER_CONFIG.as_bytes()).unwrap();
         let m = Manifest::new(
             Descriptor::new(media::DOCKER_CONFIG, Digest::of(b"c"), 1),
-            vec![Descriptor::new(media::DOCKER_LAYER_GZIP, Digest::of(b"l"), 1)],
+            vec![Descriptor::new(
+                media::DOCKER_LAYER_GZIP,
+                Digest::of(b"l"),
+                1,
+            )],
         );
         let b = ImageBuilder::from_base(c.clone(), &m).unwrap();
         assert_eq!(b.layers()[0].media_type, media::OCI_LAYER_GZIP);
         let empty = Manifest::new(m.config.clone(), vec![]);
-        assert!(matches!(ImageBuilder::from_base(c, &empty), Err(FormatError::Inconsistent(_))));
+        assert!(matches!(
+            ImageBuilder::from_base(c, &empty),
+            Err(FormatError::Inconsistent(_))
+        ));
     }
 }

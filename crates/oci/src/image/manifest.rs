@@ -47,7 +47,11 @@ impl Descriptor {
 pub struct Platform {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
     pub os_features: Vec<String>,
@@ -69,7 +73,11 @@ impl Platform {
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Self, FormatError> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         match parts[..] {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform {
                 variant: None,
@@ -189,7 +197,7 @@ impl Index {
 /// A parsed manifest document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestDoc {
-    Image(Manifest),
+    Image(Box<Manifest>),
     Index(Index),
 }
 
@@ -208,7 +216,10 @@ pub const MAX_DOC: usize = 4 << 20;
 
 /// Parses a manifest or index by its `mediaType` field, else the `content_type` the
 /// registry sent, else its shape. Schema 1 manifests are refused.
-pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestDoc, FormatError> {
+pub fn parse_manifest(
+    bytes: &[u8],
+    content_type: Option<&str>,
+) -> Result<ManifestDoc, FormatError> {
     if bytes.len() > MAX_DOC {
         return Err(FormatError::TooLarge { limit: MAX_DOC });
     }
@@ -237,14 +248,18 @@ pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>) -> Result<Manife
         message: e.to_string(),
     };
     if is_index {
-        Ok(ManifestDoc::Index(serde_json::from_slice(bytes).map_err(json_err)?))
+        Ok(ManifestDoc::Index(
+            serde_json::from_slice(bytes).map_err(json_err)?,
+        ))
     } else {
         if let Some(m) = mt.as_deref()
             && !media::is_manifest(m)
         {
             return Err(FormatError::Unsupported(format!("manifest media type {m}")));
         }
-        Ok(ManifestDoc::Image(serde_json::from_slice(bytes).map_err(json_err)?))
+        Ok(ManifestDoc::Image(Box::new(
+            serde_json::from_slice(bytes).map_err(json_err)?,
+        )))
     }
 }
 
@@ -286,16 +301,26 @@ mod tests {
         };
         let d = i.find_platform(&Platform::linux_amd64()).unwrap();
         assert!(d.digest.hex().starts_with("2222"));
-        assert!(i.find_platform(&Platform::parse("linux/arm64").unwrap()).is_none());
+        assert!(
+            i.find_platform(&Platform::parse("linux/arm64").unwrap())
+                .is_none()
+        );
     }
 
     #[test]
     fn media_type_from_content_type_and_shape() {
         let oci = r#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":2},"layers":[]}"#;
-        assert!(matches!(parse_manifest(oci.as_bytes(), None).unwrap(), ManifestDoc::Image(_)));
+        assert!(matches!(
+            parse_manifest(oci.as_bytes(), None).unwrap(),
+            ManifestDoc::Image(_)
+        ));
         let idx = r#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(matches!(
-            parse_manifest(idx.as_bytes(), Some("application/vnd.oci.image.index.v1+json; charset=utf-8")).unwrap(),
+            parse_manifest(
+                idx.as_bytes(),
+                Some("application/vnd.oci.image.index.v1+json; charset=utf-8")
+            )
+            .unwrap(),
             ManifestDoc::Index(_)
         ));
         assert!(parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#, None).is_err());
@@ -315,8 +340,17 @@ mod tests {
 
     #[test]
     fn platform_parse() {
-        assert_eq!(Platform::parse("linux/amd64").unwrap(), Platform::linux_amd64());
-        assert_eq!(Platform::parse("linux/arm64/v8").unwrap().variant.as_deref(), Some("v8"));
+        assert_eq!(
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::linux_amd64()
+        );
+        assert_eq!(
+            Platform::parse("linux/arm64/v8")
+                .unwrap()
+                .variant
+                .as_deref(),
+            Some("v8")
+        );
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux/amd64/v1/x").is_err());
     }

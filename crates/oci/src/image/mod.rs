@@ -5,7 +5,9 @@ mod config;
 mod manifest;
 
 pub use changes::{Changes, ChangesError};
-pub use config::{BuiltImage, ContainerConfig, Empty, History, ImageBuilder, ImageConfig, RootFs, Step};
+pub use config::{
+    BuiltImage, ContainerConfig, Empty, History, ImageBuilder, ImageConfig, RootFs, Step,
+};
 pub use manifest::{Descriptor, Index, MAX_DOC, Manifest, ManifestDoc, Platform, parse_manifest};
 
 /// A document that is malformed, inconsistent or of a kind kiln does not handle.

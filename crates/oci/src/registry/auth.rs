@@ -87,10 +87,15 @@ pub struct AuthFileError {
 /// Hub's many names folded into `docker.io`.
 fn normalize_key(k: &str) -> String {
     let k = k.trim();
-    let k = k.strip_prefix("https://").or_else(|| k.strip_prefix("http://")).unwrap_or(k);
+    let k = k
+        .strip_prefix("https://")
+        .or_else(|| k.strip_prefix("http://"))
+        .unwrap_or(k);
     let host = k.split('/').next().unwrap_or(k);
     match host {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
         h => h.to_ascii_lowercase(),
     }
 }
@@ -98,7 +103,10 @@ fn normalize_key(k: &str) -> String {
 /// The user name and password for `registry` in the auth file at `path`, if any.
 /// Entries are `auths.<host>.auth` (base64 `user:pass`) or `username`/`password`.
 /// Credential helpers (`credsStore`, `credHelpers`) are not run.
-pub fn lookup_auth_file(path: &Path, registry: &str) -> Result<Option<(String, Secret)>, AuthFileError> {
+pub fn lookup_auth_file(
+    path: &Path,
+    registry: &str,
+) -> Result<Option<(String, Secret)>, AuthFileError> {
     let err = |reason: String| AuthFileError {
         path: path.to_path_buf(),
         reason,
@@ -107,13 +115,16 @@ pub fn lookup_auth_file(path: &Path, registry: &str) -> Result<Option<(String, S
         Ok(f) => {
             use std::io::Read;
             let mut v = Vec::new();
-            f.take(1 << 20).read_to_end(&mut v).map_err(|e| err(e.to_string()))?;
+            f.take(1 << 20)
+                .read_to_end(&mut v)
+                .map_err(|e| err(e.to_string()))?;
             v
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err(e.to_string())),
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("not JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| err(format!("not JSON: {e}")))?;
     let want = normalize_key(registry);
     let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
@@ -122,11 +133,16 @@ pub fn lookup_auth_file(path: &Path, registry: &str) -> Result<Option<(String, S
         if normalize_key(k) != want {
             continue;
         }
-        if let Some(a) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+        if let Some(a) = entry
+            .get("auth")
+            .and_then(|a| a.as_str())
+            .filter(|a| !a.is_empty())
+        {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(a.trim())
                 .map_err(|_| err(format!("auths.{k}.auth is not base64")))?;
-            let text = String::from_utf8(raw).map_err(|_| err(format!("auths.{k}.auth is not UTF-8")))?;
+            let text =
+                String::from_utf8(raw).map_err(|_| err(format!("auths.{k}.auth is not UTF-8")))?;
             let (u, p) = text
                 .split_once(':')
                 .ok_or_else(|| err(format!("auths.{k}.auth is not base64 of user:password")))?;
@@ -146,7 +162,10 @@ pub fn lookup_auth_file(path: &Path, registry: &str) -> Result<Option<(String, S
 }
 
 /// Resolves `creds` for `registry` to a user name and password, if any.
-pub(crate) fn resolve(creds: &Credentials, registry: &str) -> Result<Option<(String, Secret)>, AuthFileError> {
+pub(crate) fn resolve(
+    creds: &Credentials,
+    registry: &str,
+) -> Result<Option<(String, Secret)>, AuthFileError> {
     match creds {
         Credentials::Anonymous => Ok(None),
         Credentials::Basic { username, password } => Ok(Some((username.clone(), password.clone()))),
@@ -164,7 +183,10 @@ pub(crate) fn resolve(creds: &Credentials, registry: &str) -> Result<Option<(Str
 
 pub(crate) fn basic_header(user: &str, pass: &Secret) -> String {
     let raw = format!("{user}:{}", pass.expose());
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -205,8 +227,7 @@ pub(crate) fn parse_challenge(h: &str) -> Option<Challenge> {
         }
         let key = rest[ks..i].trim().to_ascii_lowercase();
         i += 1;
-        let val;
-        if i < b.len() && b[i] == b'"' {
+        let val = if i < b.len() && b[i] == b'"' {
             i += 1;
             let mut raw = Vec::new();
             while i < b.len() && b[i] != b'"' {
@@ -217,17 +238,22 @@ pub(crate) fn parse_challenge(h: &str) -> Option<Challenge> {
                 i += 1;
             }
             i += 1;
-            val = String::from_utf8_lossy(&raw).into_owned();
+            String::from_utf8_lossy(&raw).into_owned()
         } else {
             let vs = i;
             while i < b.len() && b[i] != b',' {
                 i += 1;
             }
-            val = rest[vs..i].trim().to_string();
-        }
+            rest[vs..i].trim().to_string()
+        };
         params.push((key, val));
     }
-    let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(pk, _)| pk == k)
+            .map(|(_, v)| v.clone())
+    };
     Some(Challenge::Bearer {
         realm: get("realm")?,
         service: get("service"),
@@ -252,9 +278,14 @@ mod tests {
 
     #[test]
     fn challenges() {
-        assert_eq!(parse_challenge(r#"Basic realm="kiln-registry""#), Some(Challenge::Basic));
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#),
+            parse_challenge(r#"Basic realm="kiln-registry""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),
@@ -290,7 +321,11 @@ mod tests {
         let (u, _) = lookup_auth_file(&p, "docker.io").unwrap().unwrap();
         assert_eq!(u, "hub");
         assert!(lookup_auth_file(&p, "other:1").unwrap().is_none());
-        assert!(lookup_auth_file(&dir.path().join("missing.json"), "x").unwrap().is_none());
+        assert!(
+            lookup_auth_file(&dir.path().join("missing.json"), "x")
+                .unwrap()
+                .is_none()
+        );
         std::fs::write(&p, r#"{"auths":{"h":{"auth":"!!!"}}}"#).unwrap();
         assert!(lookup_auth_file(&p, "h").is_err());
     }

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Deserialize;
 
@@ -59,6 +61,15 @@ enum Scheme {
     Bearer { realm: Url, service: Option<String> },
 }
 
+/// What authorization a request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Nothing,
+    Basic,
+    CachedToken,
+    FreshToken,
+}
+
 #[derive(Default)]
 struct AuthState {
     scheme: Option<Scheme>,
@@ -83,7 +94,10 @@ impl std::fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("registry", &self.registry)
             .field("base", &self.base.as_str())
-            .field("credentials", &self.creds.as_ref().map(|(u, _)| (u, "<redacted>")))
+            .field(
+                "credentials",
+                &self.creds.as_ref().map(|(u, _)| (u, "<redacted>")),
+            )
             .finish()
     }
 }
@@ -93,15 +107,28 @@ pub(crate) fn repo_scope(repo: &str, actions: &str) -> String {
     format!("repository:{repo}:{actions}")
 }
 
+/// The next error in a chain, looking inside `io::Error`s (whose `source()` skips the
+/// error they wrap, which is where TLS failures hide).
+fn next_cause<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+    {
+        return Some(inner);
+    }
+    e.source()
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let t = err.to_string();
         if !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
-        cur = s.source();
+        cur = next_cause(err);
     }
     parts.join(": ")
 }
@@ -112,13 +139,7 @@ fn tls_message(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(r) = err.downcast_ref::<rustls::Error>() {
             return Some(r.to_string());
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(r.to_string());
-        }
-        cur = err.source();
+        cur = next_cause(err);
     }
     None
 }
@@ -135,8 +156,16 @@ impl RegistryClient {
     /// A client for `registry` (`host[:port]`; `docker.io` means Docker Hub).
     pub fn new(registry: &str, options: RegistryOptions) -> Result<Self, RegistryError> {
         let insecure = options.insecure.clone();
-        let scheme = if insecure.iter().any(|h| h == registry) { "http" } else { "https" };
-        let endpoint = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
+        let scheme = if insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let endpoint = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
         let base = Url::parse(&format!("{scheme}://{endpoint}/")).map_err(|_| {
             RegistryError::Reference(super::reference::BadReference {
                 reference: registry.to_string(),
@@ -149,7 +178,9 @@ impl RegistryClient {
             if attempt.previous().len() >= 5 {
                 attempt.error("more than 5 redirects")
             } else if attempt.url().scheme() != "https"
-                && !redirect_insecure.iter().any(|h| *h == host_port(attempt.url()))
+                && !redirect_insecure
+                    .iter()
+                    .any(|h| *h == host_port(attempt.url()))
             {
                 attempt.error("refusing a redirect to plain HTTP")
             } else {
@@ -167,7 +198,8 @@ impl RegistryClient {
                 reason,
             };
             let pem = std::fs::read(p).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(error_chain(&e)))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(error_chain(&e)))?;
             if certs.is_empty() {
                 return Err(ca_err("no PEM certificate in it".into()));
             }
@@ -200,7 +232,9 @@ impl RegistryClient {
     }
 
     pub(crate) fn url(&self, path: &str) -> Result<Url, RegistryError> {
-        self.base.join(path).map_err(|e| self.protocol("building a URL", e.to_string()))
+        self.base
+            .join(path)
+            .map_err(|e| self.protocol("building a URL", e.to_string()))
     }
 
     pub(crate) fn protocol(&self, op: &'static str, message: String) -> RegistryError {
@@ -226,12 +260,19 @@ impl RegistryClient {
     }
 
     /// Resolves a `Location` header against the registry's URL.
-    pub(crate) fn location(&self, op: &'static str, headers: &HeaderMap) -> Result<Url, RegistryError> {
+    pub(crate) fn location(
+        &self,
+        op: &'static str,
+        headers: &HeaderMap,
+    ) -> Result<Url, RegistryError> {
         let loc = headers
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.protocol(op, "no Location header".into()))?;
-        let u = self.base.join(loc).map_err(|e| self.protocol(op, format!("bad Location: {e}")))?;
+        let u = self
+            .base
+            .join(loc)
+            .map_err(|e| self.protocol(op, format!("bad Location: {e}")))?;
         if u.scheme() != "https" && !self.insecure.iter().any(|h| *h == host_port(&u)) {
             return Err(RegistryError::Insecure(format!(
                 "{} sent an upload location on plain HTTP ({}): refusing it; list that host as insecure if this is intended",
@@ -243,16 +284,27 @@ impl RegistryClient {
     }
 
     /// Reads at most `limit` bytes of a body; more is an error.
-    pub(crate) async fn read_bounded(&self, op: &'static str, mut resp: Response, limit: usize) -> Result<Vec<u8>, RegistryError> {
+    pub(crate) async fn read_bounded(
+        &self,
+        op: &'static str,
+        mut resp: Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, RegistryError> {
         if let Some(len) = resp.content_length()
             && len > limit as u64
         {
-            return Err(self.protocol(op, format!("the response is {len} bytes, more than the {limit} accepted")));
+            return Err(self.protocol(
+                op,
+                format!("the response is {len} bytes, more than the {limit} accepted"),
+            ));
         }
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
             if out.len() + chunk.len() > limit {
-                return Err(self.protocol(op, format!("the response is more than the {limit} bytes accepted")));
+                return Err(self.protocol(
+                    op,
+                    format!("the response is more than the {limit} bytes accepted"),
+                ));
             }
             out.extend_from_slice(&chunk);
         }
@@ -260,7 +312,10 @@ impl RegistryClient {
     }
 
     async fn details(&self, resp: Response) -> Details {
-        match self.read_bounded("reading an error", resp, MAX_SMALL_BODY).await {
+        match self
+            .read_bounded("reading an error", resp, MAX_SMALL_BODY)
+            .await
+        {
             Ok(b) => Details::parse(&b),
             Err(_) => Details::default(),
         }
@@ -281,7 +336,11 @@ impl RegistryClient {
         match status {
             StatusCode::UNAUTHORIZED => RegistryError::Unauthorized {
                 registry: self.registry.clone(),
-                scope: if scopes.is_empty() { "the registry".into() } else { scopes.join(" ") },
+                scope: if scopes.is_empty() {
+                    "the registry".into()
+                } else {
+                    scopes.join(" ")
+                },
                 details,
             },
             StatusCode::FORBIDDEN => RegistryError::Denied {
@@ -313,33 +372,47 @@ impl RegistryClient {
 
     /// The `Authorization` value for a request needing `scopes`, fetching a token if the
     /// registry uses bearer tokens and none is cached.
-    async fn authorization(&self, scopes: &[String]) -> Result<Option<String>, RegistryError> {
+    async fn authorization(
+        &self,
+        scopes: &[String],
+    ) -> Result<(Option<String>, Sent), RegistryError> {
         let key = scopes.join(" ");
         let scheme = {
             let st = self.state();
             if let Some((tok, exp)) = st.tokens.get(&key)
                 && *exp > Instant::now()
             {
-                return Ok(Some(format!("Bearer {}", tok.expose())));
+                return Ok((Some(format!("Bearer {}", tok.expose())), Sent::CachedToken));
             }
             st.scheme.clone()
         };
         match scheme {
-            None => Ok(None),
-            Some(Scheme::Basic) => Ok(self.creds.as_ref().map(|(u, p)| basic_header(u, p))),
+            None => Ok((None, Sent::Nothing)),
+            Some(Scheme::Basic) => Ok(match &self.creds {
+                Some((u, p)) => (Some(basic_header(u, p)), Sent::Basic),
+                None => (None, Sent::Nothing),
+            }),
             Some(Scheme::Bearer { realm, service }) => {
                 let (tok, ttl) = self.fetch_token(&realm, service.as_deref(), scopes).await?;
                 let header = format!("Bearer {}", tok.expose());
                 // Renew a little early so a token never expires mid-request.
-                let exp = Instant::now() + ttl.saturating_sub(Duration::from_secs(10)).max(Duration::from_secs(1));
+                let exp = Instant::now()
+                    + ttl
+                        .saturating_sub(Duration::from_secs(10))
+                        .max(Duration::from_secs(1));
                 self.state().tokens.insert(key, (tok, exp));
-                Ok(Some(header))
+                Ok((Some(header), Sent::FreshToken))
             }
         }
     }
 
     /// The token service's answer for `scopes` (the distribution token spec).
-    async fn fetch_token(&self, realm: &Url, service: Option<&str>, scopes: &[String]) -> Result<(Secret, Duration), RegistryError> {
+    async fn fetch_token(
+        &self,
+        realm: &Url,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<(Secret, Duration), RegistryError> {
         let mut url = realm.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -359,20 +432,26 @@ impl RegistryClient {
         if !resp.status().is_success() {
             let status = resp.status();
             let details = self.details(resp).await;
-            return Err(if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                RegistryError::Unauthorized {
-                    registry: self.registry.clone(),
-                    scope: if scopes.is_empty() { "the registry".into() } else { scopes.join(" ") },
-                    details,
-                }
-            } else {
-                RegistryError::Status {
-                    registry: self.registry.clone(),
-                    op: "requesting a token",
-                    status: status.as_u16(),
-                    details,
-                }
-            });
+            return Err(
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    RegistryError::Unauthorized {
+                        registry: self.registry.clone(),
+                        scope: if scopes.is_empty() {
+                            "the registry".into()
+                        } else {
+                            scopes.join(" ")
+                        },
+                        details,
+                    }
+                } else {
+                    RegistryError::Status {
+                        registry: self.registry.clone(),
+                        op: "requesting a token",
+                        status: status.as_u16(),
+                        details,
+                    }
+                },
+            );
         }
         #[derive(Deserialize)]
         struct TokenBody {
@@ -383,48 +462,78 @@ impl RegistryClient {
             #[serde(default)]
             expires_in: Option<u64>,
         }
-        let body = self.read_bounded("requesting a token", resp, MAX_SMALL_BODY).await?;
-        let t: TokenBody =
-            serde_json::from_slice(&body).map_err(|e| self.protocol("requesting a token", format!("the token response is not JSON: {e}")))?;
+        let body = self
+            .read_bounded("requesting a token", resp, MAX_SMALL_BODY)
+            .await?;
+        let t: TokenBody = serde_json::from_slice(&body).map_err(|e| {
+            self.protocol(
+                "requesting a token",
+                format!("the token response is not JSON: {e}"),
+            )
+        })?;
         let tok = t
             .token
             .filter(|s| !s.is_empty())
             .or(t.access_token.filter(|s| !s.is_empty()))
-            .ok_or_else(|| self.protocol("requesting a token", "the token response has no token".into()))?;
+            .ok_or_else(|| {
+                self.protocol(
+                    "requesting a token",
+                    "the token response has no token".into(),
+                )
+            })?;
         // The spec's default lifetime is 60 s.
         let ttl = Duration::from_secs(t.expires_in.unwrap_or(60).clamp(1, 86_400));
         Ok((Secret::new(tok), ttl))
     }
 
-    /// Learns the auth scheme from a 401; returns whether a retry can succeed.
-    fn learn(&self, headers: &HeaderMap, scopes: &[String]) -> Result<bool, RegistryError> {
-        let Some(ch) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge) else {
+    /// Learns the auth scheme from a 401 to a request that carried `sent`; returns
+    /// whether a retry can succeed (several requests may race here: each one that went
+    /// out without credentials, or with a cached token, gets its retry).
+    fn learn(
+        &self,
+        headers: &HeaderMap,
+        scopes: &[String],
+        sent: Sent,
+    ) -> Result<bool, RegistryError> {
+        let Some(ch) = headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+        else {
             return Ok(false);
         };
         let mut st = self.state();
         match ch {
             Challenge::Basic => {
-                if self.creds.is_none() || matches!(st.scheme, Some(Scheme::Basic)) {
+                if self.creds.is_none() || sent == Sent::Basic {
                     return Ok(false);
                 }
                 st.scheme = Some(Scheme::Basic);
                 Ok(true)
             }
             Challenge::Bearer { realm, service, .. } => {
-                let realm = Url::parse(&realm).map_err(|e| self.protocol("authenticating", format!("the token realm is not a URL: {e}")))?;
-                if realm.scheme() != "https" && !self.insecure.iter().any(|h| *h == host_port(&realm)) {
+                let realm = Url::parse(&realm).map_err(|e| {
+                    self.protocol(
+                        "authenticating",
+                        format!("the token realm is not a URL: {e}"),
+                    )
+                })?;
+                if realm.scheme() != "https"
+                    && !self.insecure.iter().any(|h| *h == host_port(&realm))
+                {
                     return Err(RegistryError::Insecure(format!(
                         "{} sends clients to a token service on plain HTTP ({}): refusing to send credentials there; list that host as insecure if this is intended",
                         self.registry,
                         host_port(&realm)
                     )));
                 }
-                let had_token = st.tokens.remove(&scopes.join(" ")).is_some();
-                let changed = !matches!(&st.scheme, Some(Scheme::Bearer { realm: r, .. }) if *r == realm);
+                if sent == Sent::CachedToken {
+                    st.tokens.remove(&scopes.join(" "));
+                }
                 st.scheme = Some(Scheme::Bearer { realm, service });
-                // A fresh token can help if we had none or the realm changed; a token
-                // just issued and refused means the credentials lack the access.
-                Ok(changed || had_token)
+                // A token just issued for these scopes and refused means the
+                // credentials lack the access: asking again would not help.
+                Ok(sent != Sent::FreshToken)
             }
         }
     }
@@ -440,7 +549,8 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             let mut rb = build(&self.http)?;
-            if let Some(h) = self.authorization(scopes).await? {
+            let (auth, sent) = self.authorization(scopes).await?;
+            if let Some(h) = auth {
                 rb = rb.header(AUTHORIZATION, h);
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
@@ -449,7 +559,7 @@ impl RegistryClient {
                 return Ok(resp);
             }
             attempt += 1;
-            if !self.learn(resp.headers(), scopes)? {
+            if !self.learn(resp.headers(), scopes, sent)? {
                 return Ok(resp);
             }
         }
@@ -462,26 +572,57 @@ impl RegistryClient {
         if resp.status().is_success() {
             return Ok(());
         }
-        Err(self.fail("checking the registry", resp, "", "endpoint", "/v2/", &[]).await)
+        Err(self
+            .fail("checking the registry", resp, "", "endpoint", "/v2/", &[])
+            .await)
     }
 
     /// Fetches a manifest or index by tag or digest; the digest is always verified (by
     /// digest reference, or against `Docker-Content-Digest` for a tag).
-    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest, RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
         let scopes = [repo_scope(repo, "pull")];
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let accept = [media::OCI_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST, media::DOCKER_MANIFEST_LIST].join(", ");
-        let resp = self.send(&scopes, &|c| Ok(c.get(url.clone()).header(ACCEPT, accept.clone()))).await?;
+        let accept = [
+            media::OCI_MANIFEST,
+            media::OCI_INDEX,
+            media::DOCKER_MANIFEST,
+            media::DOCKER_MANIFEST_LIST,
+        ]
+        .join(", ");
+        let resp = self
+            .send(&scopes, &|c| {
+                Ok(c.get(url.clone()).header(ACCEPT, accept.clone()))
+            })
+            .await?;
         if !resp.status().is_success() {
-            return Err(self.fail("fetching a manifest", resp, repo, "manifest", reference, &scopes).await);
+            return Err(self
+                .fail(
+                    "fetching a manifest",
+                    resp,
+                    repo,
+                    "manifest",
+                    reference,
+                    &scopes,
+                )
+                .await);
         }
-        let content_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let header_digest = resp
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<Digest>().ok());
-        let bytes = self.read_bounded("fetching a manifest", resp, crate::image::MAX_DOC).await?;
+        let bytes = self
+            .read_bounded("fetching a manifest", resp, crate::image::MAX_DOC)
+            .await?;
         let digest = Digest::of(&bytes);
         let expected = reference.parse::<Digest>().ok().or(header_digest);
         if let Some(exp) = expected
@@ -512,10 +653,16 @@ impl RegistryClient {
     }
 
     /// Does the blob exist in `repo`? Its size if so.
-    pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_exists(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
         let scopes = [repo_scope(repo, "pull")];
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
-        let resp = self.send(&scopes, &|c| Ok(c.request(Method::HEAD, url.clone()))).await?;
+        let resp = self
+            .send(&scopes, &|c| Ok(c.request(Method::HEAD, url.clone())))
+            .await?;
         match resp.status() {
             s if s.is_success() => Ok(Some(
                 resp.headers()
@@ -525,24 +672,50 @@ impl RegistryClient {
                     .unwrap_or(0),
             )),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.fail("checking a blob", resp, repo, "blob", &digest.to_string(), &scopes).await),
+            _ => Err(self
+                .fail(
+                    "checking a blob",
+                    resp,
+                    repo,
+                    "blob",
+                    &digest.to_string(),
+                    &scopes,
+                )
+                .await),
         }
     }
 
     /// Uploads a manifest or index under `reference` (a tag or its digest); returns the
     /// digest the registry reports, which must be the digest of `bytes`.
-    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest, RegistryError> {
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest, RegistryError> {
         let scopes = [repo_scope(repo, "pull,push")];
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
         let body = bytes.to_vec();
         let mt = media_type.to_string();
         let resp = self
             .send(&scopes, &|c| {
-                Ok(c.put(url.clone()).header(CONTENT_TYPE, mt.clone()).body(body.clone()))
+                Ok(c.put(url.clone())
+                    .header(CONTENT_TYPE, mt.clone())
+                    .body(body.clone()))
             })
             .await?;
         if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(self.fail("pushing a manifest", resp, repo, "manifest", reference, &scopes).await);
+            return Err(self
+                .fail(
+                    "pushing a manifest",
+                    resp,
+                    repo,
+                    "manifest",
+                    reference,
+                    &scopes,
+                )
+                .await);
         }
         let ours = Digest::of(bytes);
         if let Some(theirs) = resp

@@ -33,7 +33,11 @@ impl Details {
             #[serde(default)]
             errors: Vec<ErrorItem>,
         }
-        Details(serde_json::from_slice::<Body>(body).map(|b| b.errors).unwrap_or_default())
+        Details(
+            serde_json::from_slice::<Body>(body)
+                .map(|b| b.errors)
+                .unwrap_or_default(),
+        )
     }
 
     /// Does the registry give this error code?
@@ -52,7 +56,12 @@ impl fmt::Display for Details {
                 f.write_str("; ")?;
             }
             // Registry messages are untrusted text: keep them short and on one line.
-            let msg: String = e.message.chars().filter(|c| !c.is_control()).take(300).collect();
+            let msg: String = e
+                .message
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
             write!(f, "{}: {}", e.code, msg)?;
         }
         Ok(())
@@ -72,7 +81,9 @@ pub enum RegistryError {
         scope: String,
         details: Details,
     },
-    #[error("{registry} denied access to {repository} ({details}): the account lacks permission for this repository")]
+    #[error(
+        "{registry} denied access to {repository} ({details}): the account lacks permission for this repository"
+    )]
     Denied {
         registry: String,
         repository: String,
@@ -86,7 +97,9 @@ pub enum RegistryError {
         reference: String,
         details: Details,
     },
-    #[error("{what} from {registry} has digest {actual}, expected {expected}: refusing it (corrupted in transit or a misbehaving registry)")]
+    #[error(
+        "{what} from {registry} has digest {actual}, expected {expected}: refusing it (corrupted in transit or a misbehaving registry)"
+    )]
     DigestMismatch {
         registry: String,
         what: String,

@@ -65,7 +65,9 @@ fn valid_host(h: &str) -> bool {
         return false;
     }
     if host.starts_with('[') && host.ends_with(']') {
-        return host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        return host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok();
     }
     !host.is_empty()
         && host.split('.').all(|l| {
@@ -88,11 +90,19 @@ impl Reference {
             return Err(bad("empty or too long"));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| bad("the part after '@' is not sha256:<64 hex>"))?)),
+            Some((r, d)) => (
+                r,
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|_| bad("the part after '@' is not sha256:<64 hex>"))?,
+                ),
+            ),
             None => (s, None),
         };
         let (registry, path) = match rest.split_once('/') {
-            Some((first, p)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, p))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), p)
             }
             _ => ("docker.io".to_string(), rest),
@@ -107,10 +117,14 @@ impl Reference {
         if let Some(t) = &tag
             && crate::layout::check_tag(t).is_err()
         {
-            return Err(bad("the tag must be 1..128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
+            return Err(bad(
+                "the tag must be 1..128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
+            ));
         }
         if name.len() > 255 || !name.split('/').all(valid_component) {
-            return Err(bad("repository names are lowercase [a-z0-9] components joined by '/', '.', '_' or '-'"));
+            return Err(bad(
+                "repository names are lowercase [a-z0-9] components joined by '/', '.', '_' or '-'",
+            ));
         }
         let repository = if registry == "docker.io" && !name.contains('/') {
             format!("library/{name}")
@@ -213,7 +227,10 @@ mod tests {
     #[test]
     fn parses_references() {
         let r = Reference::parse("debian").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.reference()), ("docker.io", "library/debian", "latest".into()));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.reference()),
+            ("docker.io", "library/debian", "latest".into())
+        );
         let r = Reference::parse("127.0.0.1:5001/team/app:1.2").unwrap();
         assert_eq!(r.registry, "127.0.0.1:5001");
         assert_eq!(r.repository, "team/app");
@@ -222,7 +239,16 @@ mod tests {
         let r = Reference::parse(&format!("localhost/app:v1@{d}")).unwrap();
         assert_eq!(r.reference(), d);
         assert_eq!(r.to_string(), format!("localhost/app:v1@{d}"));
-        for bad in ["", "UPPER/case", "a//b", "host:99999/x", "app:bad tag", "app@sha256:zz", "a/-b", "a__-b"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a//b",
+            "host:99999/x",
+            "app:bad tag",
+            "app@sha256:zz",
+            "a/-b",
+            "a__-b",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }
@@ -232,12 +258,21 @@ mod tests {
         assert_eq!(ImageSource::parse("scratch").unwrap(), ImageSource::Scratch);
         assert_eq!(
             ImageSource::parse("oci-layout:/var/tmp/base:v1").unwrap(),
-            ImageSource::Layout { dir: "/var/tmp/base".into(), tag: "v1".into() }
+            ImageSource::Layout {
+                dir: "/var/tmp/base".into(),
+                tag: "v1".into()
+            }
         );
         assert_eq!(
             ImageSource::parse("oci-layout:./base").unwrap(),
-            ImageSource::Layout { dir: "./base".into(), tag: "latest".into() }
+            ImageSource::Layout {
+                dir: "./base".into(),
+                tag: "latest".into()
+            }
         );
-        assert!(matches!(ImageSource::parse("127.0.0.1:5001/x:y").unwrap(), ImageSource::Registry(_)));
+        assert!(matches!(
+            ImageSource::parse("127.0.0.1:5001/x:y").unwrap(),
+            ImageSource::Registry(_)
+        ));
     }
 }

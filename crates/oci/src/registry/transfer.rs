@@ -68,7 +68,12 @@ pub struct PullReport {
 impl RegistryClient {
     /// Downloads `d` from `repo` into `layout` (verified), unless it is there.
     /// Returns the bytes downloaded.
-    pub async fn pull_blob(&self, repo: &str, d: &Descriptor, layout: &OciLayout) -> Result<u64, RegistryError> {
+    pub async fn pull_blob(
+        &self,
+        repo: &str,
+        d: &Descriptor,
+        layout: &OciLayout,
+    ) -> Result<u64, RegistryError> {
         if layout.has_blob(d) {
             return Ok(0);
         }
@@ -76,7 +81,16 @@ impl RegistryClient {
         let url = self.url(&format!("v2/{repo}/blobs/{}", d.digest))?;
         let mut resp = self.send(&scopes, &|c| Ok(c.get(url.clone()))).await?;
         if !resp.status().is_success() {
-            return Err(self.fail("fetching a blob", resp, repo, "blob", &d.digest.to_string(), &scopes).await);
+            return Err(self
+                .fail(
+                    "fetching a blob",
+                    resp,
+                    repo,
+                    "blob",
+                    &d.digest.to_string(),
+                    &scopes,
+                )
+                .await);
         }
         let what = || format!("blob {}", d.digest);
         if let Some(len) = resp.content_length()
@@ -90,8 +104,11 @@ impl RegistryClient {
             });
         }
         let tmp = layout.temp_blob()?;
-        let std_file = tmp.reopen().map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
-        let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
+        let std_file = tmp
+            .reopen()
+            .map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
+        let mut file =
+            tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
         let mut hasher = Hasher::default();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
             hasher.update(&chunk);
@@ -103,9 +120,13 @@ impl RegistryClient {
                     actual: hasher.len(),
                 });
             }
-            file.write_all(&chunk).await.map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
         }
-        file.flush().await.map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
+        file.flush()
+            .await
+            .map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
         let (digest, size) = hasher.finish();
         if size != d.size {
             return Err(RegistryError::SizeMismatch {
@@ -123,7 +144,10 @@ impl RegistryClient {
                 actual: digest,
             });
         }
-        file.get_ref().sync_data().await.map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
+        file.get_ref()
+            .sync_data()
+            .await
+            .map_err(|e| RegistryClient::path_io(tmp.path(), e))?;
         drop(file);
         layout.persist_blob(tmp, &digest)?;
         Ok(size)
@@ -144,19 +168,24 @@ impl RegistryClient {
         let fetched = match top.doc {
             ManifestDoc::Image(_) => top,
             ManifestDoc::Index(ref idx) => {
-                let d = idx.find_platform(platform).ok_or_else(|| RegistryError::NoPlatform {
-                    registry: self.registry().into(),
-                    reference: format!("{repo}:{reference}"),
-                    platform: platform.to_string(),
-                    available: idx
-                        .manifests
-                        .iter()
-                        .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
-                        .collect(),
-                })?;
+                let d = idx
+                    .find_platform(platform)
+                    .ok_or_else(|| RegistryError::NoPlatform {
+                        registry: self.registry().into(),
+                        reference: format!("{repo}:{reference}"),
+                        platform: platform.to_string(),
+                        available: idx
+                            .manifests
+                            .iter()
+                            .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+                            .collect(),
+                    })?;
                 let child = self.get_manifest(repo, &d.digest.to_string()).await?;
                 if !matches!(child.doc, ManifestDoc::Image(_)) {
-                    return Err(self.protocol("pulling", "an index entry for a platform is not an image manifest".into()));
+                    return Err(self.protocol(
+                        "pulling",
+                        "an index entry for a platform is not an image manifest".into(),
+                    ));
                 }
                 child
             }
@@ -179,11 +208,12 @@ impl RegistryClient {
         let mut present = usize::from(cfg_bytes == 0);
         let mut fetched_n = usize::from(cfg_bytes > 0);
         let mut bytes = cfg_bytes;
-        let results: Vec<Result<u64, RegistryError>> = futures_util::stream::iter(manifest.layers.iter())
-            .map(|l| self.pull_blob(repo, l, layout))
-            .buffer_unordered(self.options.concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<Result<u64, RegistryError>> =
+            futures_util::stream::iter(manifest.layers.iter())
+                .map(|l| self.pull_blob(repo, l, layout))
+                .buffer_unordered(self.options.concurrency.max(1))
+                .collect()
+                .await;
         for r in results {
             let n = r?;
             if n > 0 {
@@ -203,7 +233,7 @@ impl RegistryClient {
         Ok(PullReport {
             image: LocalImage {
                 manifest_descriptor: md,
-                manifest,
+                manifest: *manifest,
                 manifest_json: fetched.bytes,
                 config,
                 config_json,
@@ -216,37 +246,76 @@ impl RegistryClient {
 
     /// Starts an upload; with `mount_from`, asks for a cross-repository mount first.
     /// `Ok(None)` means the blob was mounted.
-    async fn start_upload(&self, repo: &str, digest: &Digest, from: Option<&str>) -> Result<Option<Url>, RegistryError> {
+    async fn start_upload(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        from: Option<&str>,
+    ) -> Result<Option<Url>, RegistryError> {
         let mut scopes = vec![repo_scope(repo, "pull,push")];
         let mut url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
         if let Some(f) = from {
             scopes.push(repo_scope(f, "pull"));
-            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", f);
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", f);
         }
-        let resp = self.send(&scopes, &|c| Ok(c.post(url.clone()).header(CONTENT_LENGTH, "0"))).await?;
+        let resp = self
+            .send(&scopes, &|c| {
+                Ok(c.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            })
+            .await?;
         match resp.status() {
             StatusCode::CREATED if from.is_some() => Ok(None),
             StatusCode::ACCEPTED => Ok(Some(self.location("starting an upload", resp.headers())?)),
-            _ => Err(self.fail("starting an upload", resp, repo, "upload", &digest.to_string(), &scopes).await),
+            _ => Err(self
+                .fail(
+                    "starting an upload",
+                    resp,
+                    repo,
+                    "upload",
+                    &digest.to_string(),
+                    &scopes,
+                )
+                .await),
+        }
+    }
+
+    /// Cancels an upload session (best effort: the registry expires it anyway).
+    async fn cancel_upload(&self, repo: &str, loc: Url) {
+        let scopes = [repo_scope(repo, "pull,push")];
+        if let Err(e) = self.send(&scopes, &|c| Ok(c.delete(loc.clone()))).await {
+            tracing::debug!(repo, error = %e, "cancelling an upload failed");
         }
     }
 
     /// A body streaming `len` bytes of `path` from `offset`.
     fn file_body(path: &std::path::Path, offset: u64, len: u64) -> Result<Body, RegistryError> {
         let mut f = std::fs::File::open(path).map_err(|e| RegistryClient::path_io(path, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| RegistryClient::path_io(path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| RegistryClient::path_io(path, e))?;
         let r = tokio::fs::File::from_std(f).take(len);
-        Ok(Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(r, 64 * 1024)))
+        Ok(Body::wrap_stream(
+            tokio_util::io::ReaderStream::with_capacity(r, 64 * 1024),
+        ))
     }
 
     /// Pushes the blob `d`, stored at `path`, to `repo`.
-    pub async fn push_blob(&self, repo: &str, d: &Descriptor, path: &std::path::Path, mount_from: &[String]) -> Result<BlobPush, RegistryError> {
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        d: &Descriptor,
+        path: &std::path::Path,
+        mount_from: &[String],
+    ) -> Result<BlobPush, RegistryError> {
         if let Some(size) = self.blob_exists(repo, &d.digest).await?
             && size == d.size
         {
             return Ok(BlobPush::Existed);
         }
-        let on_disk = std::fs::metadata(path).map_err(|e| RegistryClient::path_io(path, e))?.len();
+        let on_disk = std::fs::metadata(path)
+            .map_err(|e| RegistryClient::path_io(path, e))?
+            .len();
         if on_disk != d.size {
             return Err(RegistryError::SizeMismatch {
                 registry: self.registry().into(),
@@ -255,17 +324,19 @@ impl RegistryClient {
                 actual: on_disk,
             });
         }
+        // Mount from the first candidate that has the blob; an attempt that does not
+        // mount opens an upload session, kept for the last candidate and cancelled
+        // otherwise.
+        let candidates: Vec<&String> = mount_from.iter().filter(|f| *f != repo).collect();
         let mut location = None;
-        for from in mount_from.iter().filter(|f| *f != repo) {
+        for (i, from) in candidates.iter().enumerate() {
             match self.start_upload(repo, &d.digest, Some(from)).await? {
                 None => {
-                    tracing::debug!(repo, from, digest = %d.digest, "blob mounted");
+                    tracing::debug!(repo, from = %from, digest = %d.digest, "blob mounted");
                     return Ok(BlobPush::Mounted);
                 }
-                Some(loc) => {
-                    location = Some(loc);
-                    break;
-                }
+                Some(loc) if i + 1 == candidates.len() => location = Some(loc),
+                Some(loc) => self.cancel_upload(repo, loc).await,
             }
         }
         let mut location = match location {
@@ -294,7 +365,16 @@ impl RegistryClient {
                     })
                     .await?;
                 if resp.status() != StatusCode::ACCEPTED {
-                    return Err(self.fail("uploading a chunk", resp, repo, "upload", &digest_s, &scopes).await);
+                    return Err(self
+                        .fail(
+                            "uploading a chunk",
+                            resp,
+                            repo,
+                            "upload",
+                            &digest_s,
+                            &scopes,
+                        )
+                        .await);
                 }
                 location = self.location("uploading a chunk", resp.headers())?;
                 offset += len;
@@ -302,10 +382,21 @@ impl RegistryClient {
             let mut put = location.clone();
             put.query_pairs_mut().append_pair("digest", &digest_s);
             let resp = self
-                .send(&scopes, &|c| Ok(c.put(put.clone()).header(CONTENT_LENGTH, "0")))
+                .send(&scopes, &|c| {
+                    Ok(c.put(put.clone()).header(CONTENT_LENGTH, "0"))
+                })
                 .await?;
             if resp.status() != StatusCode::CREATED {
-                return Err(self.fail("finishing an upload", resp, repo, "upload", &digest_s, &scopes).await);
+                return Err(self
+                    .fail(
+                        "finishing an upload",
+                        resp,
+                        repo,
+                        "upload",
+                        &digest_s,
+                        &scopes,
+                    )
+                    .await);
             }
         } else {
             let mut put = location.clone();
@@ -320,7 +411,9 @@ impl RegistryClient {
                 })
                 .await?;
             if resp.status() != StatusCode::CREATED {
-                return Err(self.fail("uploading a blob", resp, repo, "upload", &digest_s, &scopes).await);
+                return Err(self
+                    .fail("uploading a blob", resp, repo, "upload", &digest_s, &scopes)
+                    .await);
             }
         }
         tracing::debug!(repo, digest = %d.digest, size = d.size, "blob uploaded");
@@ -353,14 +446,17 @@ impl RegistryClient {
                 .into());
             }
         }
-        let results: Vec<(Digest, u64, Result<BlobPush, RegistryError>)> = futures_util::stream::iter(blobs.iter())
-            .map(|d| async move {
-                let r = self.push_blob(repo, d, &layout.blob_path(&d.digest), &options.mount_from).await;
-                (d.digest.clone(), d.size, r)
-            })
-            .buffer_unordered(self.options.concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<(Digest, u64, Result<BlobPush, RegistryError>)> =
+            futures_util::stream::iter(blobs.iter())
+                .map(|d| async move {
+                    let r = self
+                        .push_blob(repo, d, &layout.blob_path(&d.digest), &options.mount_from)
+                        .await;
+                    (d.digest.clone(), d.size, r)
+                })
+                .buffer_unordered(self.options.concurrency.max(1))
+                .collect()
+                .await;
         let mut report = Vec::new();
         let mut uploaded = 0;
         for (digest, size, r) in results {
@@ -370,11 +466,17 @@ impl RegistryClient {
             }
             report.push((digest, how));
         }
-        let mt = image.manifest.media_type.clone().unwrap_or_else(|| media::OCI_MANIFEST.into());
+        let mt = image
+            .manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| media::OCI_MANIFEST.into());
         let digest = Digest::of(&image.manifest_json);
-        self.put_manifest(repo, &digest.to_string(), &mt, &image.manifest_json).await?;
+        self.put_manifest(repo, &digest.to_string(), &mt, &image.manifest_json)
+            .await?;
         for t in tags {
-            self.put_manifest(repo, t, &mt, &image.manifest_json).await?;
+            self.put_manifest(repo, t, &mt, &image.manifest_json)
+                .await?;
         }
         let reference = format!("{}/{}@{}", self.registry(), repo, digest);
         tracing::info!(%reference, uploaded = report.iter().filter(|(_, h)| *h == BlobPush::Uploaded).count(), bytes = uploaded, "pushed");
@@ -387,19 +489,28 @@ impl RegistryClient {
     }
 
     /// Pushes an index whose manifests were pushed already, by digest and under `tags`.
-    pub async fn push_index(&self, repo: &str, index: &Index, tags: &[String]) -> Result<Digest, RegistryError> {
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        index: &Index,
+        tags: &[String],
+    ) -> Result<Digest, RegistryError> {
         for t in tags {
             crate::layout::check_tag(t)?;
         }
         for m in &index.manifests {
             let got = self.get_manifest(repo, &m.digest.to_string()).await?;
             if got.descriptor.digest != m.digest {
-                return Err(self.protocol("pushing an index", format!("manifest {} is not in {repo}", m.digest)));
+                return Err(self.protocol(
+                    "pushing an index",
+                    format!("manifest {} is not in {repo}", m.digest),
+                ));
             }
         }
         let json = index.to_json();
         let digest = Digest::of(&json);
-        self.put_manifest(repo, &digest.to_string(), media::OCI_INDEX, &json).await?;
+        self.put_manifest(repo, &digest.to_string(), media::OCI_INDEX, &json)
+            .await?;
         for t in tags {
             self.put_manifest(repo, t, media::OCI_INDEX, &json).await?;
         }
