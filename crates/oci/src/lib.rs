@@ -6,7 +6,7 @@
 //! * [`unpack_layer`] extracts a layer blob into a directory in overlayfs `lowerdir`
 //!   format (or applies it to a tree), treating the tar as hostile.
 //! * [`ImageBuilder`], [`ImageConfig`], [`Manifest`], [`Index`], [`Changes`]: the image
-//!   documents, serialized as canonical JSON.
+//!   documents, serialized as canonical JSON; [`squash_layers`] merges layers into one.
 //! * [`OciLayout`] (output, base image source, local blob store) and
 //!   [`write_docker_archive`] / [`DockerArchive`] (`docker load` tars).
 //! * [`registry`]: a distribution-spec client (pull, push, auth).
@@ -33,6 +33,7 @@ pub mod layer;
 pub mod layout;
 pub mod media;
 pub mod registry;
+pub mod squash;
 mod tarfmt;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -51,4 +52,5 @@ pub use layout::{LayoutError, LocalImage, OciLayout};
 pub use registry::{
     Credentials, ImageSource, Reference, RegistryClient, RegistryError, RegistryOptions, Secret,
 };
+pub use squash::{SquashError, squash_layers};
 pub use unpack::{UnpackError, UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};

@@ -59,17 +59,21 @@ pub enum Credentials {
 /// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 /// `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`.
 pub fn default_auth_files() -> Vec<PathBuf> {
+    auth_files_from(|k| std::env::var_os(k))
+}
+
+fn auth_files_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    if let Some(p) = std::env::var_os("REGISTRY_AUTH_FILE") {
+    if let Some(p) = env("REGISTRY_AUTH_FILE") {
         v.push(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR") {
+    if let Some(p) = env("XDG_RUNTIME_DIR") {
         v.push(Path::new(&p).join("containers/auth.json"));
     }
-    if let Some(p) = std::env::var_os("DOCKER_CONFIG") {
+    if let Some(p) = env("DOCKER_CONFIG") {
         v.push(Path::new(&p).join("config.json"));
     }
-    if let Some(h) = std::env::var_os("HOME") {
+    if let Some(h) = env("HOME") {
         v.push(Path::new(&h).join(".docker/config.json"));
     }
     v
@@ -302,6 +306,23 @@ mod tests {
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn auth_file_search_order() {
+        let env = |k: &str| match k {
+            "REGISTRY_AUTH_FILE" => Some("/run/auth.json".into()),
+            "HOME" => Some("/root".into()),
+            _ => None,
+        };
+        assert_eq!(
+            auth_files_from(env),
+            vec![
+                PathBuf::from("/run/auth.json"),
+                PathBuf::from("/root/.docker/config.json")
+            ]
+        );
+        assert!(auth_files_from(|_| None).is_empty());
     }
 
     #[test]

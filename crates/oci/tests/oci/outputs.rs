@@ -16,6 +16,16 @@ const EPOCH: i64 = 1_700_000_000;
 
 /// A small image: a rootfs tree imported as the base layer, one step layer, changes.
 pub fn build_image(dir: &Path, layout: &OciLayout, tag: &str) -> kiln_oci::BuiltImage {
+    build_image_with(dir, layout, tag, &Zstd::default())
+}
+
+/// As [`build_image`], with the second layer compressed by `second`.
+pub fn build_image_with(
+    dir: &Path,
+    layout: &OciLayout,
+    tag: &str,
+    second: &dyn kiln_oci::Compressor,
+) -> kiln_oci::BuiltImage {
     let rootfs = dir.join("rootfs");
     write(&rootfs.join("etc/os-release"), "ID=kiln-test\n");
     write(&rootfs.join("bin/hello"), "#!/bin/sh\necho hello\n");
@@ -30,7 +40,7 @@ pub fn build_image(dir: &Path, layout: &OciLayout, tag: &str) -> kiln_oci::Built
         .write_layer(&rootfs, &o(LayerSource::Tree), &Gzip::default())
         .unwrap();
     let app = layout
-        .write_layer(&step, &o(LayerSource::Tree), &Zstd::default())
+        .write_layer(&step, &o(LayerSource::Tree), second)
         .unwrap();
     let mut b = ImageBuilder::scratch(&Platform::linux_amd64());
     b.set_created(Some(EPOCH));

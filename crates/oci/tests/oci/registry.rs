@@ -210,7 +210,94 @@ fn base_push_pull_by_digest_derive_mount_and_skip() {
         .unwrap_err();
     assert!(matches!(e, RegistryError::NoPlatform { .. }), "{e}");
     let e = rt.block_on(c.get_manifest("kiln/app", "nope")).unwrap_err();
-    assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+    match &e {
+        RegistryError::NotFound { details, .. } => {
+            assert!(details.has_code("MANIFEST_UNKNOWN"), "{e}")
+        }
+        other => panic!("expected NotFound, got {other}"),
+    }
+}
+
+#[test]
+fn pulls_docker_v2s2_images_and_builds_oci_on_them() {
+    let peer = RegistryPeer::plain().unwrap();
+    let t = tempdir();
+    let layout = OciLayout::create(&t.path().join("layout")).unwrap();
+    crate::outputs::build_image_with(t.path(), &layout, "v1", &Gzip::default());
+    // skopeo converts it to Docker's v2 schema 2 (which has no zstd layers).
+    sh(std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:v1", layout.root().display()))
+        .arg(format!("docker://{}/docker/img:1", peer.host)));
+    let rt = rt();
+    let c = plain_client(&peer);
+    let pulled = OciLayout::create(&t.path().join("pulled")).unwrap();
+    let p = rt
+        .block_on(c.pull(
+            "docker/img",
+            "1",
+            &Platform::linux_amd64(),
+            &pulled,
+            Some("base"),
+        ))
+        .unwrap();
+    assert_eq!(
+        p.image.manifest.media_type.as_deref(),
+        Some(kiln_oci::media::DOCKER_MANIFEST)
+    );
+    assert_eq!(
+        p.image.manifest_descriptor.media_type,
+        kiln_oci::media::DOCKER_MANIFEST
+    );
+    assert_eq!(
+        p.image
+            .config
+            .config
+            .as_ref()
+            .unwrap()
+            .entrypoint
+            .as_deref(),
+        Some(&["/bin/hello".to_string()][..])
+    );
+    // Read back from the layout, and derived as a pure OCI image.
+    let base = pulled.read_image("base", &Platform::linux_amd64()).unwrap();
+    let mut b = ImageBuilder::from_base(base.config.clone(), &base.manifest).unwrap();
+    b.add_empty_step(&Step {
+        created_by: "shell: true".into(),
+        created: Some(0),
+        comment: None,
+    });
+    let img = b.build();
+    assert!(
+        img.layers
+            .iter()
+            .all(|l| l.media_type == kiln_oci::media::OCI_LAYER_GZIP)
+    );
+    pulled.put_image(&img, Some("derived")).unwrap();
+    let derived = pulled
+        .read_image("derived", &Platform::linux_amd64())
+        .unwrap();
+    let r = rt
+        .block_on(c.push(
+            &pulled,
+            &derived,
+            "docker/derived",
+            &["1".into()],
+            &PushOptions {
+                mount_from: vec!["docker/img".into()],
+            },
+        ))
+        .unwrap();
+    assert_eq!(r.count(BlobPush::Mounted), 2);
+    sh(std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/docker/derived:1", peer.host)));
 }
 
 #[test]
