@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_oci::{
-    Changes, DockerArchive, Gzip, ImageBuilder, LayerOptions, LayerSource, OciLayout, Platform,
+    Changes, Digest, DockerArchive, Gzip, ImageBuilder, LayerOptions, LayerSource, OciLayout, Platform,
     Step, Zstd, write_docker_archive,
 };
 
@@ -177,6 +177,23 @@ fn docker_archive_reads_back_in_kiln_and_skopeo() {
             "oci:{}:fromarchive",
             t.path().join("fromarchive").display()
         )));
+
+    // podman loads it (into a private store): the image id is kiln's config digest.
+    let store = tempdir();
+    let podman = |args: &[&str]| {
+        sh(Command::new("podman")
+            .arg("--root")
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args(args)
+            .stdin(std::process::Stdio::null()))
+    };
+    let loaded = podman(&["load", "-i", path.to_str().unwrap()]);
+    assert!(loaded.contains("localhost/kiln/test:v1"), "{loaded}");
+    let id = podman(&["image", "inspect", "--format", "{{.Id}}", "localhost/kiln/test:v1"]);
+    assert_eq!(id.trim(), Digest::of(&local.config_json).hex());
 
     // A corrupted layer is caught by verify.
     let m = &a.images[0].layers[1];
