@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln_oci::{
-    Changes, Digest, DockerArchive, Gzip, ImageBuilder, LayerOptions, LayerSource, OciLayout, Platform,
-    Step, Zstd, write_docker_archive,
+    Changes, Digest, DockerArchive, Gzip, ImageBuilder, LayerOptions, LayerSource, OciLayout,
+    Platform, Step, Zstd, write_docker_archive,
 };
 
 use crate::common::*;
@@ -186,13 +186,26 @@ fn docker_archive_reads_back_in_kiln_and_skopeo() {
             .arg(store.path().join("root"))
             .arg("--runroot")
             .arg(store.path().join("run"))
-            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ])
             .args(args)
             .stdin(std::process::Stdio::null()))
     };
     let loaded = podman(&["load", "-i", path.to_str().unwrap()]);
     assert!(loaded.contains("localhost/kiln/test:v1"), "{loaded}");
-    let id = podman(&["image", "inspect", "--format", "{{.Id}}", "localhost/kiln/test:v1"]);
+    let id = podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "localhost/kiln/test:v1",
+    ]);
     assert_eq!(id.trim(), Digest::of(&local.config_json).hex());
 
     // A corrupted layer is caught by verify.
