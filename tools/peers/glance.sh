@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# glance.sh - a real OpenStack Glance (Images API v2, PyPI glance 33) under Debian's uWSGI on
+# 127.0.0.1, with SQLite and the file store, for kiln-openstack's tests, examples and benchmark.
+#
+#   glance.sh start DIR [PORT]   write config into DIR, db_sync, start uwsgi on 127.0.0.1:PORT
+#                                (missing or 0: a free port), wait until GET /v2/images answers
+#                                (up to GLANCE_WAIT s, default 120); prints URL=, PORT=, PID=
+#   glance.sh stop DIR           stop the uwsgi started with DIR (only its process group)
+#   glance.sh osc DIR ARGS...    run the real `openstack` CLI against it (auth type none)
+#
+# Auth in front of Glance (the tests choose):
+#   default                  tools/peers/glance_kiln_noauth.py fills in the identity Keystone
+#                            would; with GLANCE_TOKEN set every /v2 request needs that X-Auth-Token
+#   GLANCE_KEYSTONE_URL=URL  keystonemiddleware's auth_token validates tokens against that
+#                            Keystone (tools/peers/keystone.sh); the service user is
+#                            GLANCE_KEYSTONE_USER / _PASSWORD / _PROJECT (default admin / - / admin)
+# env: KILN_OPENSTACK_VENV (/var/tmp/kiln-peers/openstack-venv, made by tools/setup.d/glance.sh)
+#
+# kiln-openstack's testkit runs this script, so its tests use exactly this configuration.
+# Why uwsgi: glance >= 31 has no standalone server (glance-api exits 1); the app is
+# glance.wsgi.api:application, and Debian's python3 plugin matches the venv's /usr/bin/python3.
+set -euo pipefail
+VENV=${KILN_OPENSTACK_VENV:-/var/tmp/kiln-peers/openstack-venv}
+die() { echo "glance.sh: $*" >&2; exit 1; }
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+write_config() { # DIR URL PORT
+  local dir=$1 url=$2 port=$3 pipeline=kiln-noauth
+  mkdir -p "$dir"/{etc,images,staging,log,lock}
+  [ -n "${GLANCE_KEYSTONE_URL:-}" ] && pipeline=keystone
+  cat > "$dir/etc/glance-api.conf" <<CONF
+[DEFAULT]
+# ListOpts need brackets: a bare a,b makes every POST /v2/images answer 500 (and still create it)
+enabled_import_methods = [glance-direct,web-download]
+node_staging_uri = file://$dir/staging
+worker_self_reference_url = $url
+image_size_cap = 10737418240
+show_image_direct_url = false
+log_file = $dir/log/glance-api.log
+debug = false
+[database]
+connection = sqlite:///$dir/glance.sqlite
+[glance_store]
+stores = file,http
+default_store = file
+filesystem_store_datadir = $dir/images/
+[paste_deploy]
+flavor = $pipeline
+config_file = $dir/etc/glance-api-paste.ini
+[import_filtering_opts]
+allowed_hosts = [127.0.0.1]
+allowed_ports = []
+[oslo_concurrency]
+lock_path = $dir/lock
+[oslo_policy]
+enforce_new_defaults = false
+enforce_scope = false
+[keystone_authtoken]
+www_authenticate_uri = ${GLANCE_KEYSTONE_URL:-}
+auth_url = ${GLANCE_KEYSTONE_URL:-}
+auth_type = password
+user_domain_name = Default
+project_domain_name = Default
+username = ${GLANCE_KEYSTONE_USER:-admin}
+password = ${GLANCE_KEYSTONE_PASSWORD:-}
+project_name = ${GLANCE_KEYSTONE_PROJECT:-admin}
+CONF
+  cat > "$dir/etc/glance-api-paste.ini" <<PASTE
+# glance's stock paste file, reduced to the two pipelines the tests use
+# glance loads composite glance-api-<flavor>, whose pipeline_factory reads the key named <flavor>
+[composite:glance-api-kiln-noauth]
+paste.composite_factory = glance.api:pipeline_factory
+kiln-noauth = cors http_proxy_to_wsgi versionnegotiation kiln-noauth context rootapp
+
+[composite:glance-api-keystone]
+paste.composite_factory = glance.api:pipeline_factory
+keystone = cors http_proxy_to_wsgi versionnegotiation authtoken context rootapp
+
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+
+[filter:kiln-noauth]
+paste.filter_factory = glance_kiln_noauth:filter_factory
+project_id = kiln-project
+user_id = kiln-user
+roles = admin,member,reader
+token = ${GLANCE_TOKEN:-}
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+delay_auth_decision = true
+
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+
+[filter:cors]
+paste.filter_factory = oslo_middleware.cors:filter_factory
+oslo_config_project = glance
+oslo_config_program = glance-api
+
+[filter:http_proxy_to_wsgi]
+paste.filter_factory = oslo_middleware:HTTPProxyToWSGI.factory
+PASTE
+  cat > "$dir/etc/uwsgi.ini" <<INI
+[uwsgi]
+plugins = python3
+virtualenv = $VENV
+module = glance.wsgi.api:application
+env = OS_GLANCE_CONFIG_DIR=$dir/etc
+http-socket = 127.0.0.1:$port
+master = true
+processes = ${GLANCE_PROCESSES:-1}
+threads = ${GLANCE_THREADS:-4}
+enable-threads = true
+lazy-apps = true
+# exit instead of answering 500 forever when the app fails to load
+need-app = true
+http-auto-chunked = true
+http-chunked-input = true
+http-raw-body = true
+buffer-size = 65535
+socket-timeout = 120
+die-on-term = true
+thunder-lock = true
+add-header = Connection: close
+disable-logging = true
+# uwsgi's default is 1 MiB: a chunked body with bigger chunks fails (kiln sends Content-Length)
+chunked-input-limit = 67108864
+INI
+}
+
+start() {
+  local dir=${1:?usage: glance.sh start DIR [PORT]} port=${2:-0}
+  [ -x "$VENV/bin/glance-manage" ] || die "glance is not installed in $VENV: run tools/setup.d/glance.sh"
+  command -v uwsgi >/dev/null || die "uwsgi missing: run tools/setup.d/glance.sh"
+  mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  if [ -f "$dir/glance.pid" ] && kill -0 "$(cat "$dir/glance.pid")" 2>/dev/null; then
+    die "already running (pid $(cat "$dir/glance.pid")); '$0 stop $dir' first"
+  fi
+  [ "$port" = 0 ] && port=$(free_port)
+  local url=http://127.0.0.1:$port
+  write_config "$dir" "$url" "$port"
+  export OS_GLANCE_CONFIG_DIR=$dir/etc
+  if [ ! -s "$dir/glance.sqlite" ]; then
+    "$VENV/bin/glance-manage" --config-file "$dir/etc/glance-api.conf" db_sync >"$dir/log/db_sync.log" 2>&1 \
+      || { tail -20 "$dir/log/db_sync.log" >&2; die "glance-manage db_sync failed (log: $dir/log/db_sync.log)"; }
+  fi
+  setsid uwsgi --ini "$dir/etc/uwsgi.ini" >"$dir/log/uwsgi.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid" >"$dir/glance.pid"
+  # readiness: any HTTP answer from /v2/images (401 counts: the token check is up too)
+  local waited=0 limit=$(( ${GLANCE_WAIT:-120} * 10 )) code
+  while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/v2/images" || true)
+    case "$code" in 200|401) break ;; esac
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -20 "$dir/log/uwsgi.log" >&2; rm -f "$dir/glance.pid"
+      die "uwsgi exited during start (logs: $dir/log/)"
+    fi
+    waited=$((waited + 1)); [ "$waited" -ge "$limit" ] && { kill -- "-$pid" 2>/dev/null || true; die "no answer from $url/v2/images within ${GLANCE_WAIT:-120} s (last HTTP code '$code'; logs: $dir/log/)"; }
+    sleep 0.1
+  done
+  echo "URL=$url"
+  echo "PORT=$port"
+  echo "PID=$pid"
+}
+
+stop() {
+  local dir=${1:?usage: glance.sh stop DIR}
+  [ -f "$dir/glance.pid" ] || { echo "not running"; return 0; }
+  local pid; pid=$(cat "$dir/glance.pid")
+  kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && { kill -9 -- "-$pid" 2>/dev/null || true; }
+  rm -f "$dir/glance.pid"
+  echo "stopped glance $pid"
+}
+
+case "${1:-}" in
+  start) shift; start "$@" ;;
+  stop) shift; stop "$@" ;;
+  osc)
+    shift; dir=${1:?usage: glance.sh osc DIR ARGS...}; shift
+    port=$(sed -n 's/^http-socket = 127.0.0.1://p' "$dir/etc/uwsgi.ini")
+    exec "$VENV/bin/openstack" --os-auth-type none --os-endpoint "http://127.0.0.1:$port" "$@" ;;
+  *) echo "usage: $0 start DIR [PORT] | stop DIR | osc DIR ARGS..." >&2; exit 2 ;;
+esac
