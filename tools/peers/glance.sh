@@ -11,6 +11,7 @@
 # Auth in front of Glance (the tests choose):
 #   default                  tools/peers/glance_kiln_noauth.py fills in the identity Keystone
 #                            would; with GLANCE_TOKEN set every /v2 request needs that X-Auth-Token
+#   GLANCE_TLS=1             serve HTTPS with a throwaway CA made in DIR/tls (prints CACERT=)
 #   GLANCE_KEYSTONE_URL=URL  keystonemiddleware's auth_token validates tokens against that
 #                            Keystone (tools/peers/keystone.sh); the service user is
 #                            GLANCE_KEYSTONE_USER / _PASSWORD / _PROJECT (default admin / - / admin)
@@ -27,10 +28,27 @@ free_port() {
   "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+make_tls() { # DIR: a CA and a server certificate for 127.0.0.1, made once
+  local t=$1/tls
+  [ -s "$t/server.pem" ] && return 0
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$t/ca.key" -out "$t/ca.pem" -days 7 \
+    -subj /CN=kiln-test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$t/server.key" -out "$t/server.csr" -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$t/ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 7 \
+    -extfile "$t/ext" -out "$t/server.pem" 2>/dev/null
+}
+
 write_config() { # DIR URL PORT
-  local dir=$1 url=$2 port=$3 pipeline=kiln-noauth
+  local dir=$1 url=$2 port=$3 pipeline=kiln-noauth socket
   mkdir -p "$dir"/{etc,images,staging,log,lock}
   [ -n "${GLANCE_KEYSTONE_URL:-}" ] && pipeline=keystone
+  if [ -n "${GLANCE_TLS:-}" ]; then
+    make_tls "$dir"; socket="https-socket = 127.0.0.1:$port,$dir/tls/server.pem,$dir/tls/server.key"
+  else
+    socket="http-socket = 127.0.0.1:$port"
+  fi
   cat > "$dir/etc/glance-api.conf" <<CONF
 [DEFAULT]
 # ListOpts need brackets: a bare a,b makes every POST /v2/images answer 500 (and still create it)
@@ -59,6 +77,8 @@ lock_path = $dir/lock
 enforce_new_defaults = false
 enforce_scope = false
 [keystone_authtoken]
+# no validation cache: a revoked token is refused at once (tests re-authentication)
+token_cache_time = -1
 www_authenticate_uri = ${GLANCE_KEYSTONE_URL:-}
 auth_url = ${GLANCE_KEYSTONE_URL:-}
 auth_type = password
@@ -121,7 +141,7 @@ plugins = python3
 virtualenv = $VENV
 module = glance.wsgi.api:application
 env = OS_GLANCE_CONFIG_DIR=$dir/etc
-http-socket = 127.0.0.1:$port
+$socket
 master = true
 processes = ${GLANCE_PROCESSES:-1}
 threads = ${GLANCE_THREADS:-4}
@@ -152,7 +172,8 @@ start() {
     die "already running (pid $(cat "$dir/glance.pid")); '$0 stop $dir' first"
   fi
   [ "$port" = 0 ] && port=$(free_port)
-  local url=http://127.0.0.1:$port
+  local url=http://127.0.0.1:$port curl_tls=()
+  if [ -n "${GLANCE_TLS:-}" ]; then url=https://127.0.0.1:$port; curl_tls=(--cacert "$dir/tls/ca.pem"); fi
   write_config "$dir" "$url" "$port"
   export OS_GLANCE_CONFIG_DIR=$dir/etc
   if [ ! -s "$dir/glance.sqlite" ]; then
@@ -165,7 +186,7 @@ start() {
   # readiness: any HTTP answer from /v2/images (401 counts: the token check is up too)
   local waited=0 limit=$(( ${GLANCE_WAIT:-120} * 10 )) code
   while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/v2/images" || true)
+    code=$(curl -s "${curl_tls[@]}" -o /dev/null -w '%{http_code}' --max-time 5 "$url/v2/images" || true)
     case "$code" in 200|401) break ;; esac
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -20 "$dir/log/uwsgi.log" >&2; rm -f "$dir/glance.pid"
@@ -177,6 +198,8 @@ start() {
   echo "URL=$url"
   echo "PORT=$port"
   echo "PID=$pid"
+  [ -n "${GLANCE_TLS:-}" ] && echo "CACERT=$dir/tls/ca.pem"
+  return 0
 }
 
 stop() {
@@ -195,7 +218,10 @@ case "${1:-}" in
   stop) shift; stop "$@" ;;
   osc)
     shift; dir=${1:?usage: glance.sh osc DIR ARGS...}; shift
-    port=$(sed -n 's/^http-socket = 127.0.0.1://p' "$dir/etc/uwsgi.ini")
+    port=$(sed -n 's/^https\{0,1\}-socket = 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/etc/uwsgi.ini")
+    if grep -q '^https-socket' "$dir/etc/uwsgi.ini"; then
+      exec "$VENV/bin/openstack" --os-auth-type none --os-endpoint "https://127.0.0.1:$port" --os-cacert "$dir/tls/ca.pem" "$@"
+    fi
     exec "$VENV/bin/openstack" --os-auth-type none --os-endpoint "http://127.0.0.1:$port" "$@" ;;
   *) echo "usage: $0 start DIR [PORT] | stop DIR | osc DIR ARGS..." >&2; exit 2 ;;
 esac

@@ -33,6 +33,9 @@ log_file = $dir/log/keystone.log
 debug = false
 [database]
 connection = sqlite:///$dir/keystone.sqlite
+[identity]
+# a test peer: cheap bcrypt so every password check does not cost half a second
+password_hash_rounds = 4
 [token]
 provider = fernet
 expiration = 7200

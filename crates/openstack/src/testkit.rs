@@ -90,6 +90,8 @@ pub struct GlanceOptions {
     /// Validate tokens against this Keystone instead (keystonemiddleware's auth_token), with
     /// its admin user as Glance's service user.
     pub keystone: Option<(String, String)>,
+    /// Serve HTTPS with a throwaway CA ([`GlancePeer::cacert`]).
+    pub tls: bool,
 }
 
 /// A running Glance (Images API v2) on 127.0.0.1.
@@ -97,6 +99,7 @@ pub struct GlancePeer {
     dir: tempfile::TempDir,
     url: String,
     pid: u32,
+    cacert: Option<PathBuf>,
 }
 
 impl GlancePeer {
@@ -118,15 +121,29 @@ impl GlancePeer {
             envs.push(("GLANCE_KEYSTONE_URL", url.clone()));
             envs.push(("GLANCE_KEYSTONE_PASSWORD", admin_password.clone()));
         }
+        if opts.tls {
+            envs.push(("GLANCE_TLS", "1".to_string()));
+        }
         let out = start_script("glance.sh", dir.path(), &envs)?;
         let url = parse_kv(&out, "URL").ok_or(format!("glance.sh printed no URL: {out}"))?;
         let pid = parse_kv(&out, "PID")
             .and_then(|p| p.parse().ok())
             .ok_or(format!("glance.sh printed no PID: {out}"))?;
-        Ok(GlancePeer { dir, url, pid })
+        let cacert = parse_kv(&out, "CACERT").map(PathBuf::from);
+        Ok(GlancePeer {
+            dir,
+            url,
+            pid,
+            cacert,
+        })
     }
 
-    /// `http://127.0.0.1:PORT` (no `/v2`).
+    /// The CA that signed the peer's certificate (TLS peers only).
+    pub fn cacert(&self) -> Option<&Path> {
+        self.cacert.as_deref()
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://…` (no `/v2`).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -151,9 +168,12 @@ impl GlancePeer {
     /// Runs the real `openstack` CLI against this Glance (`--os-auth-type none
     /// --os-endpoint URL ARGS`).
     pub fn openstack_cli(&self, args: &[&str]) -> Result<Output, String> {
-        Command::new(venv().join("bin/openstack"))
-            .args(["--os-auth-type", "none", "--os-endpoint", &self.url])
-            .args(args)
+        let mut cmd = Command::new(venv().join("bin/openstack"));
+        cmd.args(["--os-auth-type", "none", "--os-endpoint", &self.url]);
+        if let Some(ca) = &self.cacert {
+            cmd.arg("--os-cacert").arg(ca);
+        }
+        cmd.args(args)
             .env_remove("OS_CLOUD")
             .output()
             .map_err(|e| format!("cannot run the openstack CLI: {e}"))
@@ -181,6 +201,7 @@ pub struct KeystonePeer {
     url: String,
     admin_password: String,
     http: reqwest::Client,
+    admin_token: tokio::sync::Mutex<Option<String>>,
 }
 
 /// A user made by [`KeystonePeer::create_user`], with the member role on its own project.
@@ -208,6 +229,7 @@ impl KeystonePeer {
             url,
             admin_password,
             http: reqwest::Client::new(),
+            admin_token: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -225,10 +247,21 @@ impl KeystonePeer {
         GlanceOptions {
             token: None,
             keystone: Some((self.url.clone(), self.admin_password.clone())),
+            tls: false,
         }
     }
 
     async fn admin_token(&self) -> Result<String, String> {
+        let mut cached = self.admin_token.lock().await;
+        if let Some(t) = cached.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self.new_admin_token().await?;
+        *cached = Some(t.clone());
+        Ok(t)
+    }
+
+    async fn new_admin_token(&self) -> Result<String, String> {
         let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"id": "default"}, "password": self.admin_password}}},
             "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}});
@@ -343,6 +376,23 @@ impl KeystonePeer {
             project_id,
             project_name,
         })
+    }
+
+    /// Disables and re-enables `user`: Keystone revokes every token it had, the password
+    /// still works (tests re-authentication).
+    pub async fn revoke_user_tokens(&self, user: &TestUser) -> Result<(), String> {
+        for enabled in [false, true] {
+            self.admin(
+                reqwest::Method::PATCH,
+                &format!("/users/{}", user.id),
+                Some(json!({"user": {"enabled": enabled}})),
+            )
+            .await?;
+        }
+        // Keystone compares revocation times in whole seconds: a token issued in the same
+        // second as the revocation would count as revoked too
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        Ok(())
     }
 
     /// Creates an application credential for `user` (authenticating as that user, as Keystone

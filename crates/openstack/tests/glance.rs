@@ -488,3 +488,63 @@ async fn nothing_listens_is_a_connect_error() {
     let e = glance.show("abc").await.unwrap_err();
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_cacert_works_and_without_it_is_a_tls_error() {
+    let g = GlancePeer::start_with(GlanceOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("the TLS Glance peer did not start: {e}"));
+    assert!(g.url().starts_with("https://"));
+    let base = CloudOptions {
+        auth_type: Some("none".into()),
+        endpoint: Some(g.url().to_string()),
+        ..Default::default()
+    };
+    let connect = |o: CloudOptions| async move {
+        Glance::connect(&CloudConfig::resolve(&o, &Environment::empty()).unwrap())
+            .await
+            .unwrap()
+    };
+
+    // the system roots do not know the throwaway CA
+    let e = connect(base.clone())
+        .await
+        .find_by_name("x", None)
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Tls { detail, .. } => assert!(detail.to_lowercase().contains("issuer"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("cacert"), "{e}");
+
+    // with cacert (OS_CACERT's job) the whole flow works over TLS
+    let glance = connect(CloudOptions {
+        cacert: g.cacert().map(Path::to_path_buf),
+        ..base.clone()
+    })
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = qcow2(tmp.path(), "disk.qcow2", 16, 2);
+    let c = glance
+        .create(&NewImage::new("kiln-tls", DiskFormat::Qcow2))
+        .await
+        .unwrap();
+    let r = glance.upload(&c.image.id, &file, None).await.unwrap();
+    glance
+        .wait_active(&c.image.id, wait())
+        .await
+        .unwrap()
+        .verify(&r)
+        .unwrap();
+
+    // insecure only when asked for, and then it works without the CA
+    let insecure = connect(CloudOptions {
+        insecure: Some(true),
+        ..base
+    })
+    .await;
+    assert_eq!(insecure.show(&c.image.id).await.unwrap().id, c.image.id);
+}
