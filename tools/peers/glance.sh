@@ -177,8 +177,23 @@ start() {
   write_config "$dir" "$url" "$port"
   export OS_GLANCE_CONFIG_DIR=$dir/etc
   if [ ! -s "$dir/glance.sqlite" ]; then
-    "$VENV/bin/glance-manage" --config-file "$dir/etc/glance-api.conf" db_sync >"$dir/log/db_sync.log" 2>&1 \
-      || { tail -20 "$dir/log/db_sync.log" >&2; die "glance-manage db_sync failed (log: $dir/log/db_sync.log)"; }
+    # db_sync takes seconds; the schema does not depend on the instance, so it is made once
+    # per glance version (under a lock, peers start in parallel) and copied
+    local cache=${KILN_PEERS_CACHE:-/var/tmp/kiln-peers/cache} ver
+    ver=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("glance"))')
+    mkdir -p "$cache"
+    (
+      flock 9
+      if [ ! -s "$cache/glance-$ver.sqlite" ]; then
+        sed "s|^connection = .*|connection = sqlite:///$cache/glance-$ver.sqlite.new|" \
+          "$dir/etc/glance-api.conf" >"$dir/etc/db-template.conf"
+        rm -f "$cache/glance-$ver.sqlite.new"
+        "$VENV/bin/glance-manage" --config-file "$dir/etc/db-template.conf" db_sync >"$dir/log/db_sync.log" 2>&1 \
+          || { tail -20 "$dir/log/db_sync.log" >&2; exit 1; }
+        mv "$cache/glance-$ver.sqlite.new" "$cache/glance-$ver.sqlite"
+      fi
+    ) 9>"$cache/glance.lock" || die "glance-manage db_sync failed (log: $dir/log/db_sync.log)"
+    cp "$cache/glance-$ver.sqlite" "$dir/glance.sqlite"
   fi
   setsid uwsgi --ini "$dir/etc/uwsgi.ini" >"$dir/log/uwsgi.log" 2>&1 </dev/null &
   local pid=$!

@@ -9,7 +9,7 @@
 #                                  prints URL=, PORT=, PID=, ADMIN_PASSWORD=
 #   keystone.sh stop DIR           stop the uwsgi started with DIR (only its process group)
 #
-# env: KEYSTONE_ADMIN_PASSWORD (default: random, written to DIR/admin_password),
+# env: KILN_PEERS_CACHE (/var/tmp/kiln-peers/cache: the per-version template, see start),
 #      KILN_OPENSTACK_VENV (/var/tmp/kiln-peers/openstack-venv, made by tools/setup.d/glance.sh)
 set -euo pipefail
 VENV=${KILN_OPENSTACK_VENV:-/var/tmp/kiln-peers/openstack-venv}
@@ -25,8 +25,6 @@ start() {
   fi
   [ "$port" = 0 ] && port=$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   local url=http://127.0.0.1:$port
-  [ -s "$dir/admin_password" ] || { umask 077; printf '%s' "${KEYSTONE_ADMIN_PASSWORD:-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18))')}" >"$dir/admin_password"; }
-  local pw; pw=$(cat "$dir/admin_password")
   cat >"$dir/etc/keystone.conf" <<CONF
 [DEFAULT]
 log_file = $dir/log/keystone.log
@@ -68,14 +66,47 @@ add-header = Connection: close
 disable-logging = true
 INI
   local km=("$VENV/bin/keystone-manage" --config-file "$dir/etc/keystone.conf")
-  if [ ! -s "$dir/keystone.sqlite" ]; then
-    { "${km[@]}" db_sync &&
-      "${km[@]}" fernet_setup --keystone-user root --keystone-group root &&
-      "${km[@]}" credential_setup --keystone-user root --keystone-group root &&
-      "${km[@]}" bootstrap --bootstrap-password "$pw" --bootstrap-username admin \
-        --bootstrap-project-name admin --bootstrap-role-name admin --bootstrap-region-id RegionOne \
-        --bootstrap-admin-url "$url/v3" --bootstrap-internal-url "$url/v3" --bootstrap-public-url "$url/v3"
-    } >"$dir/log/setup.log" 2>&1 || { tail -20 "$dir/log/setup.log" >&2; rm -f "$dir/keystone.sqlite"; die "keystone-manage failed (log: $dir/log/setup.log)"; }
+  if [ ! -s "$dir/keystone-ready" ]; then
+    # db_sync + fernet/credential setup + bootstrap cost several Python start-ups; a test peer
+    # does not need them per instance. They run once per keystone version into a template
+    # (under a lock: peers start in parallel), bootstrapped with a placeholder URL that each
+    # instance rewrites to its own. So every instance of one version shares the admin
+    # password and the fernet keys: fine for a loopback test peer, not for anything else.
+    local cache=${KILN_PEERS_CACHE:-/var/tmp/kiln-peers/cache} ver tmpl placeholder=http://127.0.0.1:1
+    ver=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("keystone"))')
+    tmpl=$cache/keystone-$ver
+    mkdir -p "$cache"
+    (
+      flock 9
+      if [ ! -s "$tmpl/ready" ]; then
+        rm -rf "$tmpl"; mkdir -p "$tmpl"/{fernet-keys,credential-keys}
+        umask 077
+        "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(18), end="")' >"$tmpl/admin_password"
+        sed -e "s|^connection = .*|connection = sqlite:///$tmpl/keystone.sqlite|" \
+            -e "s|$dir/fernet-keys|$tmpl/fernet-keys|; s|$dir/credential-keys|$tmpl/credential-keys|" \
+          "$dir/etc/keystone.conf" >"$tmpl/keystone.conf"
+        local km=("$VENV/bin/keystone-manage" --config-file "$tmpl/keystone.conf")
+        { "${km[@]}" db_sync &&
+          "${km[@]}" fernet_setup --keystone-user root --keystone-group root &&
+          "${km[@]}" credential_setup --keystone-user root --keystone-group root &&
+          "${km[@]}" bootstrap --bootstrap-password "$(cat "$tmpl/admin_password")" --bootstrap-username admin \
+            --bootstrap-project-name admin --bootstrap-role-name admin --bootstrap-region-id RegionOne \
+            --bootstrap-admin-url "$placeholder/v3" --bootstrap-internal-url "$placeholder/v3" \
+            --bootstrap-public-url "$placeholder/v3"
+        } >"$dir/log/setup.log" 2>&1 || { tail -20 "$dir/log/setup.log" >&2; exit 1; }
+        echo ok >"$tmpl/ready"
+      fi
+    ) 9>"$cache/keystone.lock" || die "keystone-manage failed (log: $dir/log/setup.log)"
+    cp "$tmpl/keystone.sqlite" "$dir/keystone.sqlite"
+    cp "$tmpl"/fernet-keys/* "$dir/fernet-keys/"; cp "$tmpl"/credential-keys/* "$dir/credential-keys/"
+    cp "$tmpl/admin_password" "$dir/admin_password"
+    "$VENV/bin/python" - "$dir/keystone.sqlite" "$placeholder" "$url" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("UPDATE endpoint SET url = replace(url, ?, ?)", (sys.argv[2], sys.argv[3]))
+db.commit()
+PY
+    echo ok >"$dir/keystone-ready"
   fi
   setsid uwsgi --ini "$dir/etc/uwsgi.ini" >"$dir/log/uwsgi.log" 2>&1 </dev/null &
   local pid=$!
@@ -94,7 +125,7 @@ INI
   echo "URL=$url"
   echo "PORT=$port"
   echo "PID=$pid"
-  echo "ADMIN_PASSWORD=$pw"
+  echo "ADMIN_PASSWORD=$(cat "$dir/admin_password")"
 }
 
 stop() {

@@ -10,7 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_openstack::{CloudConfig, CloudOptions, DiskFormat, Environment, Glance, NewImage, WaitOptions};
+use kiln_openstack::{
+    CloudConfig, CloudOptions, DiskFormat, Environment, Glance, NewImage, WaitOptions,
+};
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -41,7 +43,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--name" => name = args.next().ok_or("--name needs a value")?,
-            "--disk-format" => disk_format = args.next().ok_or("--disk-format needs a value")?.parse()?,
+            "--disk-format" => {
+                disk_format = args.next().ok_or("--disk-format needs a value")?.parse()?
+            }
             "--endpoint" => {
                 opts.endpoint = Some(args.next().ok_or("--endpoint needs a value")?);
                 opts.auth_type.get_or_insert("none".into());
@@ -81,7 +85,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             glance.upload(&id, &file, cb).await?
         };
         let img = glance
-            .wait_active(&id, WaitOptions { timeout: Duration::from_secs(1800), interval: Duration::from_millis(250) })
+            .wait_active(
+                &id,
+                WaitOptions {
+                    timeout: Duration::from_secs(1800),
+                    interval: Duration::from_millis(250),
+                },
+            )
             .await?;
         let v = img.verify(&report)?;
         Ok::<_, kiln_openstack::Error>((report, v))

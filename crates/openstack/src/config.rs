@@ -41,7 +41,11 @@ enum EnvValue {
     Secret(Secret),
 }
 
-const SECRET_VARS: &[&str] = &["OS_PASSWORD", "OS_TOKEN", "OS_APPLICATION_CREDENTIAL_SECRET"];
+const SECRET_VARS: &[&str] = &[
+    "OS_PASSWORD",
+    "OS_TOKEN",
+    "OS_APPLICATION_CREDENTIAL_SECRET",
+];
 
 impl Environment {
     /// An empty environment: no variables, no home, no working directory, `/etc/openstack`.
@@ -299,7 +303,10 @@ pub enum UserRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     ProjectId(String),
-    ProjectName { name: String, domain: DomainRef },
+    ProjectName {
+        name: String,
+        domain: DomainRef,
+    },
     Domain(DomainRef),
     /// Keep the token's own scope (token auth).
     Unscoped,
@@ -739,9 +746,7 @@ fn cloud_names(doc: &YamlMap) -> Vec<String> {
 fn merge(low: &mut YamlMap, high: YamlMap) {
     for (k, v) in high {
         match (low.get_mut(&k), v) {
-            (Some(serde_norway::Value::Mapping(l)), serde_norway::Value::Mapping(h)) => {
-                merge(l, h)
-            }
+            (Some(serde_norway::Value::Mapping(l)), serde_norway::Value::Mapping(h)) => merge(l, h),
             (_, v) => {
                 low.insert(k, v);
             }

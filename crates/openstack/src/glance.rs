@@ -238,8 +238,7 @@ impl Glance {
             if resp.status().is_success() {
                 return Ok(resp);
             }
-            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !retried && self.can_reauth()
-            {
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !retried && self.can_reauth() {
                 tracing::debug!(what, "Glance answered 401; getting a new token once");
                 retried = true;
                 self.reauth().await?;
@@ -455,13 +454,12 @@ impl Glance {
         for _ in 0..MAX_PAGES {
             let resp = self.call(Method::GET, &path, Payload::None, &what).await?;
             let v: Value = http::read_json(resp, &what, &self.url(&path)).await?;
-            let images = v
-                .get("images")
-                .and_then(|i| i.as_array())
-                .ok_or_else(|| Error::InvalidResponse {
+            let images = v.get("images").and_then(|i| i.as_array()).ok_or_else(|| {
+                Error::InvalidResponse {
                     what: what.clone(),
                     detail: "no `images` list".into(),
-                })?;
+                }
+            })?;
             for i in images {
                 let img = Image::from_json(i.clone())?;
                 // the filter is Glance's; check anyway, a name match is what the caller relies on
@@ -490,7 +488,12 @@ impl Glance {
             .collect::<Result<Vec<_>, _>>()?;
         let what = format!("updating image {id}");
         let resp = self
-            .call(Method::PATCH, &path, Payload::Patch(Value::Array(ops)), &what)
+            .call(
+                Method::PATCH,
+                &path,
+                Payload::Patch(Value::Array(ops)),
+                &what,
+            )
             .await?;
         Image::from_json(http::read_json(resp, &what, &self.url(&path)).await?)
     }

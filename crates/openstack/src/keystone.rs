@@ -222,7 +222,9 @@ pub(crate) fn select_endpoint(
         [] => Err(Error::NoEndpoint {
             service: service_type,
             interface: interface.as_str().to_string(),
-            region: region.map(|r| format!(" in region {r}")).unwrap_or_default(),
+            region: region
+                .map(|r| format!(" in region {r}"))
+                .unwrap_or_default(),
             available: describe_catalog(catalog, service_type),
         }),
         [one] => Ok(one.url.trim_end_matches('/').to_string()),
@@ -340,8 +342,8 @@ mod tests {
 
     #[test]
     fn missing_endpoint_says_what_exists() {
-        let e = select_endpoint(&catalog(), "image", Interface::Admin, Some("RegionTwo"))
-            .unwrap_err();
+        let e =
+            select_endpoint(&catalog(), "image", Interface::Admin, Some("RegionTwo")).unwrap_err();
         match &e {
             Error::NoEndpoint { available, .. } => {
                 assert!(available.contains("public in RegionTwo"), "{available}")

@@ -68,7 +68,9 @@ mod tests {
         struct Holder {
             password: Secret,
         }
-        let h = Holder { password: s.clone() };
+        let h = Holder {
+            password: s.clone(),
+        };
         let shown = format!("{h:?} {h:#?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert_eq!(s.expose(), "hunter2-very-secret");

@@ -16,9 +16,7 @@ use serde_json::{Value, json};
 pub fn peers_dir() -> PathBuf {
     std::env::var_os("KILN_PEERS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/peers")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/peers"))
 }
 
 /// The venv with glance, keystone and the `openstack` CLI.
@@ -284,7 +282,12 @@ impl KeystonePeer {
     }
 
     /// An admin API call; returns the JSON answer.
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let token = self.admin_token().await?;
         let mut b = self
             .http
@@ -295,7 +298,10 @@ impl KeystonePeer {
                 .header("Content-Type", "application/json")
                 .body(body.to_string());
         }
-        let r = b.send().await.map_err(|e| format!("keystone {path}: {e}"))?;
+        let r = b
+            .send()
+            .await
+            .map_err(|e| format!("keystone {path}: {e}"))?;
         let status = r.status();
         let text = r.text().await.unwrap_or_default();
         if !status.is_success() {
@@ -308,7 +314,10 @@ impl KeystonePeer {
     }
 
     /// Registers an `image` service with these `(interface, region, url)` endpoints.
-    pub async fn register_image_endpoints(&self, endpoints: &[(&str, &str, &str)]) -> Result<(), String> {
+    pub async fn register_image_endpoints(
+        &self,
+        endpoints: &[(&str, &str, &str)],
+    ) -> Result<(), String> {
         let svc = self
             .admin(
                 reqwest::Method::POST,
@@ -316,7 +325,10 @@ impl KeystonePeer {
                 Some(json!({"service": {"type": "image", "name": "glance"}})),
             )
             .await?;
-        let sid = svc["service"]["id"].as_str().ok_or("no service id")?.to_string();
+        let sid = svc["service"]["id"]
+            .as_str()
+            .ok_or("no service id")?
+            .to_string();
         for (iface, region, url) in endpoints {
             if *region != "RegionOne" {
                 // regions other than the bootstrap one must exist first; ignore "exists"
@@ -349,20 +361,28 @@ impl KeystonePeer {
                 Some(json!({"project": {"name": project_name, "domain_id": "default"}})),
             )
             .await?;
-        let project_id = p["project"]["id"].as_str().ok_or("no project id")?.to_string();
+        let project_id = p["project"]["id"]
+            .as_str()
+            .ok_or("no project id")?
+            .to_string();
         let u = self
             .admin(
                 reqwest::Method::POST,
                 "/users",
-                Some(json!({"user": {"name": name, "password": password, "domain_id": "default",
-                    "default_project_id": project_id}})),
+                Some(
+                    json!({"user": {"name": name, "password": password, "domain_id": "default",
+                    "default_project_id": project_id}}),
+                ),
             )
             .await?;
         let id = u["user"]["id"].as_str().ok_or("no user id")?.to_string();
         let roles = self
             .admin(reqwest::Method::GET, "/roles?name=member", None)
             .await?;
-        let role = roles["roles"][0]["id"].as_str().ok_or("no member role")?.to_string();
+        let role = roles["roles"][0]["id"]
+            .as_str()
+            .ok_or("no member role")?
+            .to_string();
         self.admin(
             reqwest::Method::PUT,
             &format!("/projects/{project_id}/users/{id}/roles/{role}"),
@@ -421,7 +441,10 @@ impl KeystonePeer {
             .ok_or(format!("user auth: HTTP {}", r.status()))?;
         let r = self
             .http
-            .post(format!("{}/v3/users/{}/application_credentials", self.url, user.id))
+            .post(format!(
+                "{}/v3/users/{}/application_credentials",
+                self.url, user.id
+            ))
             .header("X-Auth-Token", token)
             .header("Content-Type", "application/json")
             .body(json!({"application_credential": {"name": name}}).to_string())

@@ -57,7 +57,9 @@ impl FileBody {
             return Err(Error::LocalFile {
                 what: "not a regular file",
                 path: path.to_path_buf(),
-                source: std::io::Error::other("uploads need a regular file (its size is sent up front)"),
+                source: std::io::Error::other(
+                    "uploads need a regular file (its size is sent up front)",
+                ),
             });
         }
         let len = meta.len();
@@ -192,21 +194,38 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let last = Arc::new(AtomicU64::new(0));
         let l2 = last.clone();
-        let fb = FileBody::open(&p, Some(Arc::new(move |pr: Progress| l2.store(pr.sent, Ordering::SeqCst))))
-            .await
-            .unwrap();
+        let fb = FileBody::open(
+            &p,
+            Some(Arc::new(move |pr: Progress| {
+                l2.store(pr.sent, Ordering::SeqCst)
+            })),
+        )
+        .await
+        .unwrap();
         assert_eq!(fb.len, data.len() as u64);
-        let FileBody { body, len, outcome, path, started } = fb;
+        let FileBody {
+            body,
+            len,
+            outcome,
+            path,
+            started,
+        } = fb;
         let mut got = Vec::new();
         let mut s = std::pin::pin!(http_body_util_stream(body));
         while let Some(c) = s.next().await {
             got.extend_from_slice(&c.unwrap());
         }
         assert_eq!(got, data);
-        let rep = FileBody { body: reqwest::Body::from(""), len, outcome, path, started }
-            .finish()
-            .await
-            .unwrap();
+        let rep = FileBody {
+            body: reqwest::Body::from(""),
+            len,
+            outcome,
+            path,
+            started,
+        }
+        .finish()
+        .await
+        .unwrap();
         assert_eq!(rep.sha512, hex::encode(Sha512::digest(&data)));
         assert_eq!(rep.md5, hex::encode(Md5::digest(&data)));
         assert_eq!(last.load(Ordering::SeqCst), data.len() as u64);
@@ -219,7 +238,8 @@ mod tests {
         futures_util::stream::unfold(body, |mut b| async move {
             use http_body::Body as _;
             loop {
-                let f = std::future::poll_fn(|cx| std::pin::Pin::new(&mut b).poll_frame(cx)).await?;
+                let f =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut b).poll_frame(cx)).await?;
                 match f {
                     Ok(frame) => {
                         if let Ok(d) = frame.into_data() {

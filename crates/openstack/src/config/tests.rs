@@ -54,8 +54,16 @@ clouds:
 #[test]
 fn clouds_yaml_merged_with_secure_yaml() {
     let (t, env) = sandbox();
-    write(&t.path().join("home/.config/openstack"), "clouds.yaml", CLOUDS);
-    write(&t.path().join("home/.config/openstack"), "secure.yaml", SECURE);
+    write(
+        &t.path().join("home/.config/openstack"),
+        "clouds.yaml",
+        CLOUDS,
+    );
+    write(
+        &t.path().join("home/.config/openstack"),
+        "secure.yaml",
+        SECURE,
+    );
     let opts = CloudOptions {
         cloud: Some("prod".into()),
         ..Default::default()
@@ -169,7 +177,9 @@ fn search_order_cwd_then_home_then_etc() {
     assert_eq!(ep(&env), "http://one:1");
     // OS_CLIENT_CONFIG_FILE beats them all
     let f = write(t.path(), "elsewhere.yaml", three);
-    let env2 = env.clone().var("OS_CLIENT_CONFIG_FILE", f.display().to_string());
+    let env2 = env
+        .clone()
+        .var("OS_CLIENT_CONFIG_FILE", f.display().to_string());
     assert_eq!(ep(&env2), "http://three:3");
 }
 
@@ -268,12 +278,18 @@ fn token_and_none_inference() {
 fn helpful_errors() {
     let (t, env) = sandbox();
     // no clouds.yaml at all
-    let e = CloudConfig::resolve(&CloudOptions::default(), &env.clone().var("OS_CLOUD", "prod"))
-        .unwrap_err();
+    let e = CloudConfig::resolve(
+        &CloudOptions::default(),
+        &env.clone().var("OS_CLOUD", "prod"),
+    )
+    .unwrap_err();
     assert!(matches!(e, ConfigError::NoCloudsFile { .. }), "{e}");
     write(&t.path().join("cwd"), "clouds.yaml", CLOUDS);
-    let e = CloudConfig::resolve(&CloudOptions::default(), &env.clone().var("OS_CLOUD", "nope"))
-        .unwrap_err();
+    let e = CloudConfig::resolve(
+        &CloudOptions::default(),
+        &env.clone().var("OS_CLOUD", "nope"),
+    )
+    .unwrap_err();
     match &e {
         ConfigError::UnknownCloud { available, .. } => {
             assert_eq!(available, "prod, appcred, lab")
@@ -281,10 +297,19 @@ fn helpful_errors() {
         other => panic!("{other:?}"),
     }
     // a password cloud without a password
-    let e = CloudConfig::resolve(&CloudOptions::default(), &env.clone().var("OS_CLOUD", "prod"))
-        .unwrap_err();
+    let e = CloudConfig::resolve(
+        &CloudOptions::default(),
+        &env.clone().var("OS_CLOUD", "prod"),
+    )
+    .unwrap_err();
     assert!(
-        matches!(e, ConfigError::Missing { missing: "a password", .. }),
+        matches!(
+            e,
+            ConfigError::Missing {
+                missing: "a password",
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("OS_PASSWORD"));
@@ -315,7 +340,13 @@ fn helpful_errors() {
         &env,
     )
     .unwrap_err();
-    assert!(matches!(e, ConfigError::Invalid { what: "endpoint", .. }));
+    assert!(matches!(
+        e,
+        ConfigError::Invalid {
+            what: "endpoint",
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -97,7 +97,11 @@ async fn qcow2_published_active_verified_and_seen_by_the_openstack_cli() {
         .expect("upload");
     let size = std::fs::metadata(&file).unwrap().len();
     assert_eq!(report.bytes, size);
-    assert_eq!(last.load(Ordering::SeqCst), size, "progress reached the end");
+    assert_eq!(
+        last.load(Ordering::SeqCst),
+        size,
+        "progress reached the end"
+    );
     assert!(calls.load(Ordering::SeqCst) >= 1);
 
     let img = glance
@@ -122,7 +126,10 @@ async fn qcow2_published_active_verified_and_seen_by_the_openstack_cli() {
     // the bytes Glance stored are the file's
     let stored = g.stored_files();
     assert_eq!(stored.len(), 1, "{stored:?}");
-    assert_eq!(std::fs::read(&stored[0]).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(
+        std::fs::read(&stored[0]).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
 
     // the real openstack CLI sees the same image and hashes
     let out = g
@@ -166,7 +173,10 @@ async fn qcow2_published_active_verified_and_seen_by_the_openstack_cli() {
     assert_eq!(img.tags, vec!["kiln"]);
     assert_eq!(img.min_ram, 512);
 
-    assert_eq!(glance.delete(&img.id, false).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        glance.delete(&img.id, false).await.unwrap(),
+        Deleted::Deleted
+    );
     assert_eq!(
         glance.delete(&img.id, false).await.unwrap(),
         Deleted::AlreadyGone
@@ -188,10 +198,7 @@ async fn raw_conversion_published_and_verified() {
         .unwrap();
     let report = glance.upload(&created.image.id, &raw, None).await.unwrap();
     assert_eq!(report.bytes, 24 << 20);
-    let img = glance
-        .wait_active(&created.image.id, wait())
-        .await
-        .unwrap();
+    let img = glance.wait_active(&created.image.id, wait()).await.unwrap();
     img.verify(&report).expect("hash");
     assert_eq!(img.disk_format.as_deref(), Some("raw"));
     assert_eq!(img.size, Some(24 << 20));
@@ -286,17 +293,27 @@ async fn missing_or_wrong_token_is_an_auth_error_and_creates_nothing() {
     }
     let shown = format!("{e} {e:?}");
     assert!(shown.contains("check the token"), "{shown}");
-    assert!(!shown.contains("wrong-token-9876"), "the token leaked: {shown}");
+    assert!(
+        !shown.contains("wrong-token-9876"),
+        "the token leaked: {shown}"
+    );
     assert!(!format!("{wrong:?}").contains("wrong-token"));
 
     let right = client(g.url(), Some("right-token-0123")).await;
     assert!(
-        right.find_by_name("kiln-auth", None).await.unwrap().is_empty(),
+        right
+            .find_by_name("kiln-auth", None)
+            .await
+            .unwrap()
+            .is_empty(),
         "a rejected create must leave nothing"
     );
     // and the right token works end to end
     let c = right.create(&new).await.unwrap();
-    assert_eq!(right.delete(&c.image.id, false).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        right.delete(&c.image.id, false).await.unwrap(),
+        Deleted::Deleted
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +348,13 @@ async fn refused_disk_format_gives_glances_message_and_the_image_can_be_deleted(
         glance.delete(&created.image.id, false).await.unwrap(),
         Deleted::Deleted
     );
-    assert!(glance.find_by_name("kiln-wrong-format", None).await.unwrap().is_empty());
+    assert!(
+        glance
+            .find_by_name("kiln-wrong-format", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +389,13 @@ async fn cancelled_upload_then_delete_leaves_nothing() {
 
     assert_eq!(glance.delete(&id, false).await.unwrap(), Deleted::Deleted);
     assert!(glance.show(&id).await.unwrap_err().is_not_found());
-    assert!(glance.find_by_name("kiln-cancelled", None).await.unwrap().is_empty());
+    assert!(
+        glance
+            .find_by_name("kiln-cancelled", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Glance removes the partial data once it notices the broken connection
     let mut left = g.stored_files();
     for _ in 0..300 {
@@ -376,7 +405,11 @@ async fn cancelled_upload_then_delete_leaves_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         left = g.stored_files();
     }
-    assert!(left.is_empty(), "data left in the store: {left:?}\n{}", g.log_tail());
+    assert!(
+        left.is_empty(),
+        "data left in the store: {left:?}\n{}",
+        g.log_tail()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +429,11 @@ async fn glance_direct_import_flow() {
         .create(&NewImage::new("kiln-imported", DiskFormat::Qcow2))
         .await
         .unwrap();
-    assert!(created.offers("glance-direct"), "{:?}", created.import_methods);
+    assert!(
+        created.offers("glance-direct"),
+        "{:?}",
+        created.import_methods
+    );
     let report = glance
         .stage(&created.image.id, &file, None)
         .await

@@ -15,16 +15,40 @@ fn write(dir: &std::path::Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// A project-scoped token for `user`, straight from Keystone.
+async fn user_token(ks: &KeystonePeer, user: &kiln_openstack::testkit::TestUser) -> String {
+    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password":
+        {"user": {"id": user.id, "password": user.password}}},
+        "scope": {"project": {"id": user.project_id}}}});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v3/auth/tokens", ks.url()))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    r.headers()["x-subject-token"].to_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keystone_password_application_credential_and_token_auth() {
-    let ks = KeystonePeer::start().unwrap_or_else(|e| panic!("the Keystone peer did not start: {e}"));
+    let ks =
+        KeystonePeer::start().unwrap_or_else(|e| panic!("the Keystone peer did not start: {e}"));
     let g = GlancePeer::start_with(ks.glance_options())
         .unwrap_or_else(|e| panic!("the Glance peer did not start: {e}"));
     // public in RegionOne is the real Glance; the others must not be picked
     ks.register_image_endpoints(&[
         ("public", "RegionOne", g.url()),
-        ("internal", "RegionOne", "http://127.0.0.1:9/internal-not-used"),
-        ("public", "RegionTwo", "http://127.0.0.1:9/region-two-not-used/v2"),
+        (
+            "internal",
+            "RegionOne",
+            "http://127.0.0.1:9/internal-not-used",
+        ),
+        (
+            "public",
+            "RegionTwo",
+            "http://127.0.0.1:9/region-two-not-used/v2",
+        ),
     ])
     .await
     .expect("catalog");
@@ -90,9 +114,29 @@ async fn keystone_password_application_credential_and_token_auth() {
         .unwrap();
     assert_eq!(mine.len(), 1);
 
-    // --- Keystone revokes the token: the next call gets a 401, re-authenticates once, succeeds
+    // --- Keystone revokes the user's tokens: a client holding an old token is refused, the
+    // password client gets a 401, re-authenticates once and goes on
+    let old_token = user_token(&ks, &user).await;
+    let stale = Glance::connect(
+        &CloudConfig::resolve(
+            &CloudOptions {
+                token: Some(Secret::new(old_token)),
+                endpoint: Some(g.url().into()),
+                ..Default::default()
+            },
+            &Environment::empty(),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.show(&img.id).await.unwrap().id, img.id);
     ks.revoke_user_tokens(&user).await.expect("revoke");
-    assert_eq!(glance.show(&img.id).await.expect("re-authenticated").id, img.id);
+    assert!(stale.show(&img.id).await.unwrap_err().is_auth_rejected());
+    assert_eq!(
+        glance.show(&img.id).await.expect("re-authenticated").id,
+        img.id
+    );
 
     // --- the interface picks another catalog entry
     let internal = CloudConfig::resolve(
@@ -180,19 +224,7 @@ async fn keystone_password_application_credential_and_token_auth() {
 
     // --- token auth: a token exchanged at Keystone for the catalog, and a token used as is
     // with an explicit endpoint; a bogus token is refused by Glance's keystonemiddleware
-    let token = {
-        let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password":
-            {"user": {"id": user.id, "password": user.password}}},
-            "scope": {"project": {"id": user.project_id}}}});
-        let r = reqwest::Client::new()
-            .post(format!("{}/v3/auth/tokens", ks.url()))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        r.headers()["x-subject-token"].to_str().unwrap().to_string()
-    };
+    let token = user_token(&ks, &user).await;
     let via_keystone = CloudConfig::resolve(
         &CloudOptions {
             auth_type: Some("token".into()),
@@ -236,9 +268,16 @@ async fn keystone_password_application_credential_and_token_auth() {
         .unwrap_err();
     assert!(e.is_auth_rejected(), "{e:?}");
     assert!(
-        glance.find_by_name("kiln-never", None).await.unwrap().is_empty(),
+        glance
+            .find_by_name("kiln-never", None)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing created with a bad token"
     );
 
-    assert_eq!(glance.delete(&img.id, false).await.unwrap(), Deleted::Deleted);
+    assert_eq!(
+        glance.delete(&img.id, false).await.unwrap(),
+        Deleted::Deleted
+    );
 }
