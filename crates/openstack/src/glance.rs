@@ -100,7 +100,11 @@ impl Glance {
     /// Authenticates as `cfg` says and finds the image endpoint (explicit, or from the catalog).
     pub async fn connect(cfg: &CloudConfig) -> Result<Glance, Error> {
         let client = http::client(cfg)?;
-        let token = keystone::authenticate(&client, &cfg.auth).await?;
+        let token = match (&cfg.auth, &cfg.endpoint) {
+            // a pre-issued token with an explicit endpoint is used as is
+            (Auth::Token { .. }, Some(_)) => None,
+            _ => keystone::authenticate(&client, &cfg.auth).await?,
+        };
         let (token_secret, project_id, endpoint) = match (token, &cfg.endpoint) {
             (Some(t), Some(e)) => {
                 tracing::debug!(expires_at = ?t.expires_at, "got a Keystone token");
@@ -365,9 +369,12 @@ impl Glance {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                // a broken local read shows up as a failed request: report the real cause
-                tokio::task::yield_now().await;
-                return Err(fb.local_error().unwrap_or_else(|| http::transport(&url, e)));
+                // a broken local read shows up as a failed request: report the real cause.
+                // The body is gone with the request, so the reader reports within moments.
+                return Err(fb
+                    .local_error(Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|| http::transport(&url, e)));
             }
         };
         if !resp.status().is_success() {

@@ -286,8 +286,9 @@ fn describe_catalog(catalog: &[Service], service_type: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A real `POST /v3/auth/tokens` answer from Keystone 30.0.0 (captured from the peer in
-    /// tools/peers/keystone.sh), with an image service added in two regions.
+    /// A real `POST /v3/auth/tokens` answer from Keystone 30.0.0 (the peer in
+    /// tools/peers/keystone.sh, after registering an image service with public, internal and
+    /// admin endpoints in RegionOne and a public one in RegionTwo).
     const CAPTURED: &str = include_str!("../tests/data/keystone-token.json");
 
     fn catalog() -> Vec<Service> {
@@ -300,11 +301,11 @@ mod tests {
         let b: TokenBody = serde_json::from_str(CAPTURED).unwrap();
         assert_eq!(
             b.token.project.unwrap().id,
-            "60bca7e4e3274412a41cde9d59089dfc"
+            "91d927ca0049403f8de412f71afe62d8"
         );
         assert_eq!(
             b.token.expires_at.as_deref(),
-            Some("2026-12-01T23:41:26.000000Z")
+            Some("2026-12-02T00:28:22.000000Z")
         );
         assert_eq!(b.token.catalog.len(), 2);
     }
@@ -327,7 +328,7 @@ mod tests {
         // identity only in RegionOne: no region needed
         assert_eq!(
             select_endpoint(&c, "identity", Interface::Admin, None).unwrap(),
-            "http://127.0.0.1:56897/v3"
+            "http://127.0.0.1:34705/v3"
         );
     }
 

@@ -115,14 +115,17 @@ impl FileBody {
         }
     }
 
-    /// The local failure, if the reader hit one (used when the request itself failed).
-    pub(crate) fn local_error(&mut self) -> Option<Error> {
-        match self.outcome.try_recv() {
-            Ok(Err(source)) => Some(Error::LocalFile {
-                what: "reading the image file failed during the upload",
-                path: self.path.clone(),
-                source,
-            }),
+    /// The local failure, if the reader hit one (used when the request itself failed);
+    /// None when the reader only stopped because the request went away.
+    pub(crate) async fn local_error(&mut self, wait: std::time::Duration) -> Option<Error> {
+        match tokio::time::timeout(wait, &mut self.outcome).await {
+            Ok(Ok(Err(source))) if source.kind() != std::io::ErrorKind::BrokenPipe => {
+                Some(Error::LocalFile {
+                    what: "reading the image file failed during the upload",
+                    path: self.path.clone(),
+                    source,
+                })
+            }
             _ => None,
         }
     }
@@ -250,6 +253,32 @@ mod tests {
                 }
             }
         })
+    }
+
+    #[test]
+    fn a_file_that_shrinks_or_grows_during_the_upload_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, [7u8; 10]).unwrap();
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        // 20 bytes announced, 10 there: shrank
+        let e = read_and_hash(std::fs::File::open(&p).unwrap(), 20, &tx).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("10 of 20 bytes"), "{e}");
+        // 5 bytes announced, 10 there: grew
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let e = read_and_hash(std::fs::File::open(&p).unwrap(), 5, &tx).unwrap_err();
+        assert!(e.to_string().contains("grew"), "{e}");
+        // exactly right
+        let (tx, _rx) = mpsc::channel(QUEUE);
+        let (sha, md5) = read_and_hash(std::fs::File::open(&p).unwrap(), 10, &tx).unwrap();
+        assert_eq!(sha, hex::encode(Sha512::digest([7u8; 10])));
+        assert_eq!(md5, hex::encode(Md5::digest([7u8; 10])));
+        // the request went away: the reader stops
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let e = read_and_hash(std::fs::File::open(&p).unwrap(), 10, &tx).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
