@@ -19,8 +19,13 @@ need=()
 command -v uwsgi >/dev/null 2>&1 || need+=(uwsgi-core)
 [ -e /usr/lib/uwsgi/plugins/python3_plugin.so ] || need+=(uwsgi-plugin-python3)
 command -v qemu-img >/dev/null 2>&1 && command -v qemu-io >/dev/null 2>&1 || need+=(qemu-utils)
+[ -x /usr/bin/python3 ] || need+=(python3)
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)       # the TLS Glance peer's throwaway CA
+command -v flock >/dev/null 2>&1 || need+=(util-linux)      # peers share a schema template
+[ -x /usr/bin/time ] || need+=(time)                        # bench/openstack: peak RSS
+command -v bc >/dev/null 2>&1 || need+=(bc)                 # bench/openstack: arithmetic
 if [ ${#need[@]} -gt 0 ]; then
   log "apt: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

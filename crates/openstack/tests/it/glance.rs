@@ -585,3 +585,62 @@ async fn tls_with_cacert_works_and_without_it_is_a_tls_error() {
     .await;
     assert_eq!(insecure.show(&c.image.id).await.unwrap().id, c.image.id);
 }
+
+/// On the wire: the upload carries `Content-Length` and the octet-stream type, never
+/// `Transfer-Encoding: chunked` (which Glance under uWSGI rejects for big chunks). A bare TCP
+/// listener records the request exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_sends_content_length_not_chunked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("d.raw");
+    data_file(&file, 3);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 64 << 10];
+        let head_end = loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before the headers ended");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+        let mut body = buf.len() - head_end;
+        while body < 3 << 20 {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "body ended after {body} bytes");
+            body += n;
+        }
+        s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        (head, body)
+    });
+    let glance = client(&url, Some("tok")).await;
+    let report = glance
+        .upload("7eca3b96-872a-4bd4-a5ab-dc410788378b", &file, None)
+        .await
+        .expect("upload");
+    let (head, body) = server.await.unwrap();
+    assert!(
+        head.starts_with("put /v2/images/7eca3b96-872a-4bd4-a5ab-dc410788378b/file http/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", 3 << 20)),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-type: application/octet-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("x-auth-token: tok\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert_eq!(body, 3 << 20);
+    assert_eq!(report.bytes, 3 << 20);
+}
