@@ -170,7 +170,10 @@ impl Glance {
 
     fn caller(&self) -> Caller {
         let (credential, sent_token) = match &self.state.auth {
-            Auth::None => ("endpoint's auth settings (it asked for a token)", false),
+            Auth::None => (
+                "auth settings: this endpoint wants a token (set OS_TOKEN, or use Keystone auth)",
+                false,
+            ),
             Auth::Token { .. } => ("token", true),
             _ => ("credentials", true),
         };

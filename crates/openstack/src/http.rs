@@ -301,6 +301,10 @@ fn clean(s: &str) -> String {
             out = rest.to_string();
         }
     }
+    // the message is quoted mid-sentence ("…: <message>; check …")
+    while out.ends_with('.') {
+        out.pop();
+    }
     if out.chars().count() > MAX_MESSAGE {
         out = out.chars().take(MAX_MESSAGE).collect::<String>() + "…";
     }
@@ -325,7 +329,7 @@ mod tests {
         let body = br#"{"error":{"code":401,"message":"The request you have made requires authentication.","title":"Unauthorized"}}"#;
         assert_eq!(
             error_message(body),
-            "The request you have made requires authentication."
+            "The request you have made requires authentication"
         );
     }
 

@@ -62,6 +62,14 @@ impl DiskFormat {
             _ => None,
         }
     }
+
+    /// The disk format of a `qemu-img info` format name (`vpc` is Glance's `vhd`).
+    pub fn from_qemu_img_format(f: &str) -> Option<DiskFormat> {
+        DiskFormat::ALL
+            .iter()
+            .copied()
+            .find(|d| d.qemu_img_format() == Some(f))
+    }
 }
 
 string_enum!(
@@ -542,6 +550,15 @@ mod tests {
         let e = "qcow3".parse::<DiskFormat>().unwrap_err().to_string();
         assert!(e.contains("qcow2, raw, vmdk"), "{e}");
         assert_eq!(DiskFormat::Vhd.qemu_img_format(), Some("vpc"));
+        assert_eq!(
+            DiskFormat::from_qemu_img_format("vpc"),
+            Some(DiskFormat::Vhd)
+        );
+        assert_eq!(
+            DiskFormat::from_qemu_img_format("qcow2"),
+            Some(DiskFormat::Qcow2)
+        );
+        assert_eq!(DiskFormat::from_qemu_img_format("qed"), None);
         assert_eq!("public".parse::<Visibility>().unwrap(), Visibility::Public);
     }
 

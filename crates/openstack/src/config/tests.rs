@@ -363,3 +363,21 @@ fn yaml_syntax_errors_do_not_quote_the_file() {
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains("line"), "{shown}");
 }
+
+#[test]
+fn options_debug_redacts_secrets() {
+    let o = CloudOptions {
+        password: Some(Secret::new("opt-pw-1")),
+        token: Some(Secret::new("opt-tok-2")),
+        application_credential_secret: Some(Secret::new("opt-ac-3")),
+        ..Default::default()
+    };
+    let shown = format!(
+        "{o:?} {:?}",
+        Environment::empty().var("OS_PASSWORD", "env-pw-4")
+    );
+    for s in ["opt-pw-1", "opt-tok-2", "opt-ac-3", "env-pw-4"] {
+        assert!(!shown.contains(s), "{s} leaked: {shown}");
+    }
+    assert!(shown.contains("<redacted>"));
+}
