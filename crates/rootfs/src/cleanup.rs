@@ -88,15 +88,25 @@ mod tests {
         std::fs::create_dir_all(up.join("sys/kept")).unwrap();
         std::fs::create_dir_all(outside.join("dev")).unwrap();
         std::os::unix::fs::symlink(&outside, up.join("link")).unwrap();
-        let created: Vec<String> = ["/proc", "/etc", "/etc/resolv.conf", "/sys", "/link/dev", "/"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let created: Vec<String> = [
+            "/proc",
+            "/etc",
+            "/etc/resolv.conf",
+            "/sys",
+            "/link/dev",
+            "/",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         remove_created(&up, &created).unwrap();
         assert!(!up.join("proc").exists());
         assert!(!up.join("etc/resolv.conf").exists());
         assert!(up.join("etc/hosts").exists(), "a non-empty /etc stays");
         assert!(up.join("sys/kept").exists());
-        assert!(outside.join("dev").exists(), "a symlinked parent is never followed");
+        assert!(
+            outside.join("dev").exists(),
+            "a symlinked parent is never followed"
+        );
     }
 }

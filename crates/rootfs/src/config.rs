@@ -102,12 +102,10 @@ impl ContainerConfig {
     /// Checks what can be checked before the init starts, so a typo fails with a clear
     /// message rather than a mount error.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        for (what, p) in self
-            .lower
-            .iter()
-            .map(|p| ("lower directory", p))
-            .chain([("upper directory", &self.upper), ("work directory", &self.work)])
-        {
+        for (what, p) in self.lower.iter().map(|p| ("lower directory", p)).chain([
+            ("upper directory", &self.upper),
+            ("work directory", &self.work),
+        ]) {
             check_dir(what, p)?;
         }
         let h = &self.hostname;
@@ -115,7 +113,9 @@ impl ContainerConfig {
             && h.len() <= 64
             && h.split('.').all(|label| {
                 !label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
             });
         if !valid {
@@ -132,10 +132,14 @@ impl ContainerConfig {
 
 fn check_dir(what: &str, p: &Path) -> Result<(), Error> {
     let s = p.to_str().ok_or_else(|| {
-        Error::Config(format!("{what} {p:?} is not valid UTF-8; kiln needs UTF-8 paths"))
+        Error::Config(format!(
+            "{what} {p:?} is not valid UTF-8; kiln needs UTF-8 paths"
+        ))
     })?;
     if !p.is_absolute() {
-        return Err(Error::Config(format!("{what} {s:?} must be an absolute path")));
+        return Err(Error::Config(format!(
+            "{what} {s:?} must be an absolute path"
+        )));
     }
     if s.contains('\0') {
         return Err(Error::Config(format!("{what} {s:?} contains a NUL byte")));

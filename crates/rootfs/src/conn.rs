@@ -207,16 +207,22 @@ async fn read_loop(mut rd: OwnedReadHalf, table: Arc<Mutex<Table>>) {
         let incoming = match frame.kind {
             Kind::Msg => {
                 if frame.payload.len() > MAX_MSG_FROM_INIT {
-                    mark_dead(&table, format!(
-                        "protocol violation: a {}-byte message from the init (limit {MAX_MSG_FROM_INIT})",
-                        frame.payload.len()
-                    ));
+                    mark_dead(
+                        &table,
+                        format!(
+                            "protocol violation: a {}-byte message from the init (limit {MAX_MSG_FROM_INIT})",
+                            frame.payload.len()
+                        ),
+                    );
                     return;
                 }
                 match serde_json::from_slice::<Reply>(&frame.payload) {
                     Ok(r) => Incoming::Msg(r),
                     Err(e) => {
-                        mark_dead(&table, format!("protocol violation: unreadable message from the init: {e}"));
+                        mark_dead(
+                            &table,
+                            format!("protocol violation: unreadable message from the init: {e}"),
+                        );
                         return;
                     }
                 }

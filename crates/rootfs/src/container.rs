@@ -193,7 +193,9 @@ impl Container {
                     Reply::Forked { pid } if pid > 0 && pid1.is_none() => pid1 = Some(pid),
                     Reply::Ready { created, dns } => {
                         let Some(pid1) = pid1 else {
-                            return Err(Error::Protocol("ready before the container's pid was known".into()));
+                            return Err(Error::Protocol(
+                                "ready before the container's pid was known".into(),
+                            ));
                         };
                         if created.len() > MAX_CREATED {
                             return Err(Error::Protocol(format!(
@@ -218,8 +220,7 @@ impl Container {
                 }
             }
         };
-        let (pid1, created, dns) = match tokio::time::timeout(cfg.start_timeout, wait_ready).await
-        {
+        let (pid1, created, dns) = match tokio::time::timeout(cfg.start_timeout, wait_ready).await {
             Ok(r) => r?,
             Err(_) => {
                 let t = tail.lock().map(|t| t.clone()).unwrap_or_default();
@@ -331,8 +332,12 @@ impl Container {
                 kind,
                 errno,
                 detail,
-            }) => Err(crate::transfer::failed("stat", path, kind, errno, detail, 0)),
-            other => Err(Error::Protocol(format!("unexpected reply to stat: {other:?}"))),
+            }) => Err(crate::transfer::failed(
+                "stat", path, kind, errno, detail, 0,
+            )),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to stat: {other:?}"
+            ))),
         }
     }
 
@@ -348,7 +353,9 @@ impl Container {
         ch.finish();
         match r {
             Incoming::Msg(Reply::Facts { facts }) => Ok(facts),
-            other => Err(Error::Protocol(format!("unexpected reply to facts: {other:?}"))),
+            other => Err(Error::Protocol(format!(
+                "unexpected reply to facts: {other:?}"
+            ))),
         }
     }
 
@@ -366,15 +373,19 @@ impl Container {
         if let Some(mut child) = child {
             terminate(&child);
             if !self.wait_exit(&mut child, Some(STOP_GRACE)).await {
-                tracing::warn!(init_pid = self.init_pid, "the container init ignored SIGTERM; killing it");
+                tracing::warn!(
+                    init_pid = self.init_pid,
+                    "the container init ignored SIGTERM; killing it"
+                );
                 kill(&child);
                 self.wait_exit(&mut child, None).await;
             }
         }
         self.conn.shutdown();
         *done = true;
-        cleanup::remove_created(&self.upper, &self.created)
-            .map_err(Error::io("removing the container's mount points from the upper directory"))
+        cleanup::remove_created(&self.upper, &self.created).map_err(Error::io(
+            "removing the container's mount points from the upper directory",
+        ))
     }
 
     /// Waits for the outer init to exit and reaps it; false on timeout.

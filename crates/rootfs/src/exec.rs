@@ -108,7 +108,7 @@ pub struct Execution {
     ch: Channel,
     pid: i32,
     capture: usize,
-    done: bool,
+    exit: Option<ExecEvent>,
 }
 
 impl std::fmt::Debug for Execution {
@@ -129,7 +129,7 @@ impl Execution {
                 ch,
                 pid,
                 capture,
-                done: false,
+                exit: None,
             }),
             Incoming::Msg(Reply::Failed { detail, .. }) => {
                 ch.finish();
@@ -151,32 +151,36 @@ impl Execution {
 
     /// Kills the command's process group; `next` then reports its exit (signal KILL).
     pub fn cancel(&self) {
-        if !self.done {
+        if self.exit.is_none() {
             self.ch.cancel();
         }
     }
 
     /// The next chunk of output, or the exit. After `Exit`, returns `Exit` again.
     pub async fn next(&mut self) -> Result<ExecEvent, Error> {
-        loop {
-            match self.ch.recv().await? {
-                Incoming::Stdout(d) => return Ok(ExecEvent::Output(Stream::Stdout, d)),
-                Incoming::Stderr(d) => return Ok(ExecEvent::Output(Stream::Stderr, d)),
-                Incoming::Msg(Reply::Exit { code, signal }) => {
-                    self.done = true;
-                    self.ch.finish();
-                    return Ok(match (code, signal) {
-                        (_, Some(s)) => ExecEvent::Exit(-1, Some(signal_name(s))),
-                        (Some(c), None) => ExecEvent::Exit(c, None),
-                        (None, None) => {
-                            return Err(Error::Protocol("an exit with neither code nor signal".into()));
-                        }
-                    });
-                }
-                Incoming::Msg(other) => {
-                    return Err(Error::Protocol(format!("unexpected reply to an exec: {other:?}")));
-                }
+        if let Some(exit) = &self.exit {
+            return Ok(exit.clone());
+        }
+        match self.ch.recv().await? {
+            Incoming::Stdout(d) => Ok(ExecEvent::Output(Stream::Stdout, d)),
+            Incoming::Stderr(d) => Ok(ExecEvent::Output(Stream::Stderr, d)),
+            Incoming::Msg(Reply::Exit { code, signal }) => {
+                let exit = match (code, signal) {
+                    (_, Some(s)) => ExecEvent::Exit(-1, Some(signal_name(s))),
+                    (Some(c), None) => ExecEvent::Exit(c, None),
+                    (None, None) => {
+                        return Err(Error::Protocol(
+                            "an exit with neither code nor signal".into(),
+                        ));
+                    }
+                };
+                self.ch.finish();
+                self.exit = Some(exit.clone());
+                Ok(exit)
             }
+            Incoming::Msg(other) => Err(Error::Protocol(format!(
+                "unexpected reply to an exec: {other:?}"
+            ))),
         }
     }
 

@@ -290,11 +290,16 @@ pub enum FileKind {
 #[serde(tag = "r", rename_all = "snake_case")]
 pub(crate) enum Reply {
     /// From the outer init: the host pid of the container's pid 1.
-    Forked { pid: i32 },
+    Forked {
+        pid: i32,
+    },
     /// The container is up. `created` lists mount points the init had to create in the
     /// image (they are removed from the upper directory at stop); `dns` says whether the
     /// host's resolv.conf is bound (network granted only).
-    Ready { created: Vec<String>, dns: bool },
+    Ready {
+        created: Vec<String>,
+        dns: bool,
+    },
     SetupFailed {
         stage: SetupStage,
         what: String,
@@ -304,18 +309,28 @@ pub(crate) enum Reply {
         detail: String,
     },
     /// An exec's process started (its pid inside the container).
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     /// An exec's process ended: an exit code, or the signal that killed it.
     Exit {
         code: Option<i32>,
         signal: Option<i32>,
     },
     /// A read is about to send this many bytes (as `stat` reported; procfs says 0).
-    Size { size: u64 },
+    Size {
+        size: u64,
+    },
     /// The request finished after moving this many bytes.
-    Done { bytes: u64 },
-    Stat { stat: Option<FileStat> },
-    Facts { facts: BTreeMap<String, String> },
+    Done {
+        bytes: u64,
+    },
+    Stat {
+        stat: Option<FileStat>,
+    },
+    Facts {
+        facts: BTreeMap<String, String>,
+    },
     Failed {
         kind: FailKind,
         errno: Option<i32>,
@@ -334,7 +349,10 @@ mod tests {
         write_frame(&mut buf, Kind::End, 7, b"").unwrap();
         let mut r = &buf[..];
         let f = read_frame(&mut r, 1024).unwrap();
-        assert_eq!((f.kind, f.id, f.payload.as_slice()), (Kind::Data, 7, &b"hello"[..]));
+        assert_eq!(
+            (f.kind, f.id, f.payload.as_slice()),
+            (Kind::Data, 7, &b"hello"[..])
+        );
         let f = read_frame(&mut r, 1024).unwrap();
         assert_eq!((f.kind, f.id, f.payload.len()), (Kind::End, 7, 0));
         assert!(matches!(read_frame(&mut r, 1024), Err(FrameError::Closed)));

@@ -7,8 +7,8 @@ use std::io::Read;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::container::Container;
 use crate::conn::{Channel, Incoming};
+use crate::container::Container;
 use crate::error::{Errno, Error, FileErrorKind};
 use crate::protocol::{CHUNK, FailKind, Reply, Request};
 use crate::tree;
@@ -156,10 +156,9 @@ impl Container {
             if let Some(early) = ch.try_recv() {
                 return Err(unexpected(op, path, early, 0));
             }
-            let chunk = src
-                .next()
-                .await
-                .map_err(Error::io(format!("reading local data for the {op} of {path}")))?;
+            let chunk = src.next().await.map_err(Error::io(format!(
+                "reading local data for the {op} of {path}"
+            )))?;
             let Some(chunk) = chunk else { break };
             total += chunk.len() as u64;
             ch.send_data(chunk).await?;
@@ -222,8 +221,14 @@ impl Container {
             path: path.to_string(),
             mode,
         };
-        self.upload("upload", req, path, Source::Chunks(file_chunks(local)), progress)
-            .await
+        self.upload(
+            "upload",
+            req,
+            path,
+            Source::Chunks(file_chunks(local)),
+            progress,
+        )
+        .await
     }
 
     /// Copies the tree under the open local directory `local` into `dest` (created if

@@ -108,9 +108,15 @@ async fn commands_run_as_the_requested_user() {
     let c = start(l.config(init())).await;
     let as_builder = ExecRequest::new("id -u; id -g; id -G").user("builder");
     let out = c.exec(&as_builder, &mut |_, _| {}).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n1000\n1000 10\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n1000\n1000 10\n"
+    );
     let out = c
-        .exec(&ExecRequest::new("id -u; id -g").user("4242:77"), &mut |_, _| {})
+        .exec(
+            &ExecRequest::new("id -u; id -g").user("4242:77"),
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "4242\n77\n");
@@ -118,17 +124,25 @@ async fn commands_run_as_the_requested_user() {
     let out = sh(&c, "mount -t tmpfs none /mnt 2>&1 || mknod /tmp/sda b 8 0").await;
     assert!(!out.success(), "a step must not mount or create devices");
     match c
-        .exec(&ExecRequest::new("true").user("nobody-here"), &mut |_, _| {})
+        .exec(
+            &ExecRequest::new("true").user("nobody-here"),
+            &mut |_, _| {},
+        )
         .await
     {
         Err(Error::ExecStart { reason, .. }) => assert!(reason.contains("/etc/passwd"), "{reason}"),
         other => panic!("expected ExecStart, got {other:?}"),
     }
     match c
-        .exec(&ExecRequest::new("true").cwd("/does/not/exist"), &mut |_, _| {})
+        .exec(
+            &ExecRequest::new("true").cwd("/does/not/exist"),
+            &mut |_, _| {},
+        )
         .await
     {
-        Err(Error::ExecStart { reason, .. }) => assert!(reason.contains("/does/not/exist"), "{reason}"),
+        Err(Error::ExecStart { reason, .. }) => {
+            assert!(reason.contains("/does/not/exist"), "{reason}")
+        }
         other => panic!("expected ExecStart, got {other:?}"),
     }
     c.stop().await.unwrap();
@@ -150,7 +164,9 @@ async fn a_cancelled_or_timed_out_command_leaves_no_process() {
             .is_err()
     );
     assert!(
-        eventually(Duration::from_secs(60), || processes_in("pid", &ns) == [c.host_pid()]).await,
+        eventually(Duration::from_secs(60), || processes_in("pid", &ns)
+            == [c.host_pid()])
+        .await,
         "after the timeout only the init may remain, got {:?}",
         processes_in("pid", &ns)
     );
@@ -201,7 +217,9 @@ async fn a_dropped_container_takes_its_processes_along() {
     sh(&c, "sleep 1000 &").await;
     drop(c);
     assert!(
-        eventually(Duration::from_secs(60), || processes_in("pid", &ns).is_empty()).await,
+        eventually(Duration::from_secs(60), || processes_in("pid", &ns)
+            .is_empty())
+        .await,
         "processes left after drop: {:?}",
         processes_in("pid", &ns)
     );

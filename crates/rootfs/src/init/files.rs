@@ -15,7 +15,12 @@ use crate::protocol::{CHUNK, FailKind, FileKind, FileStat, Kind, Reply};
 
 fn check_path(sh: &Shared, id: u64, path: &str) -> bool {
     if path.is_empty() || path.contains('\0') {
-        sh.fail(id, FailKind::Invalid, None, format!("invalid path {path:?}"));
+        sh.fail(
+            id,
+            FailKind::Invalid,
+            None,
+            format!("invalid path {path:?}"),
+        );
         return false;
     }
     true
@@ -77,7 +82,13 @@ impl Read for Input {
 
 /// `cat > path` semantics: created or truncated, symlinks followed (inside the container).
 /// With a mode the file is created private and gets its mode once the content is complete.
-pub(super) fn write_file(sh: &Shared, id: u64, path: &str, mode: Option<u32>, rx: Receiver<Vec<u8>>) {
+pub(super) fn write_file(
+    sh: &Shared,
+    id: u64,
+    path: &str,
+    mode: Option<u32>,
+    rx: Receiver<Vec<u8>>,
+) {
     if !check_path(sh, id, path) {
         return;
     }
@@ -118,7 +129,12 @@ pub(super) fn read_file(sh: &Shared, id: u64, path: &str, max: Option<u64>, stop
     };
     let size = match file.metadata() {
         Ok(m) if m.is_dir() => {
-            return sh.fail(id, FailKind::IsDirectory, Some(libc::EISDIR), "is a directory");
+            return sh.fail(
+                id,
+                FailKind::IsDirectory,
+                Some(libc::EISDIR),
+                "is a directory",
+            );
         }
         Ok(m) => m.len(),
         Err(e) => return sh.fail_io(id, "stat", &e),
@@ -227,14 +243,24 @@ pub(super) fn upload_tree(sh: &Shared, id: u64, dir: &str, rx: Receiver<Vec<u8>>
             }
         }
         if inside(&root, &name).is_none() {
-            return sh.fail(id, FailKind::UnsafePath, None, format!("{shown}: leaves the destination directory"));
+            return sh.fail(
+                id,
+                FailKind::UnsafePath,
+                None,
+                format!("{shown}: leaves the destination directory"),
+            );
         }
         // unpack_in checks again, resolving symlinks met on the way, that the entry stays
         // under `root`; it answers false when it would not.
         match entry.unpack_in(&root) {
             Ok(true) => {}
             Ok(false) => {
-                return sh.fail(id, FailKind::UnsafePath, None, format!("{shown}: leaves the destination directory"));
+                return sh.fail(
+                    id,
+                    FailKind::UnsafePath,
+                    None,
+                    format!("{shown}: leaves the destination directory"),
+                );
             }
             Err(e) => {
                 let text = e.to_string();
@@ -367,7 +393,10 @@ mod tests {
     #[test]
     fn archive_paths_stay_inside() {
         let d = Path::new("/dest");
-        assert_eq!(inside(d, Path::new("a/./b")), Some(PathBuf::from("/dest/a/b")));
+        assert_eq!(
+            inside(d, Path::new("a/./b")),
+            Some(PathBuf::from("/dest/a/b"))
+        );
         assert_eq!(inside(d, Path::new("../x")), None);
         assert_eq!(inside(d, Path::new("/etc/shadow")), None);
         assert_eq!(inside(d, Path::new("a/../../x")), None);

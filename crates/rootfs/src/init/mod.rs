@@ -31,9 +31,7 @@ use std::os::unix::net::UnixStream;
 use rustix::fs::{FileType, OFlags};
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::protocol::{
-    self, CONTAINER_ID, InitConfig, Kind, MAX_FRAME_TO_INIT, Reply, SetupStage,
-};
+use crate::protocol::{self, CONTAINER_ID, InitConfig, Kind, MAX_FRAME_TO_INIT, Reply, SetupStage};
 
 /// Entry point of the container init. Call it first thing in `main` (before any thread or
 /// async runtime starts) when kiln is re-executed with its hidden init subcommand; it never
@@ -257,7 +255,11 @@ fn prepare(cfg: &InitConfig) -> Result<(), SetupFailure> {
         )
     })?;
     rustix::system::sethostname(cfg.hostname.as_bytes()).map_err(|e| {
-        SetupFailure::new(SetupStage::Setup, format!("sethostname({:?})", cfg.hostname), e)
+        SetupFailure::new(
+            SetupStage::Setup,
+            format!("sethostname({:?})", cfg.hostname),
+            e,
+        )
     })?;
     // Signals are taken with sigwaitinfo, so they must be blocked before the child exists.
     sys::set_signal_mask(&SUPERVISED)

@@ -100,7 +100,9 @@ pub(super) fn exec(
         Ok(c) => c,
         Err(e) => {
             let hint = match e.raw_os_error() {
-                Some(libc::E2BIG) => " (the command is too long for one argument; upload it as a script)",
+                Some(libc::E2BIG) => {
+                    " (the command is too long for one argument; upload it as a script)"
+                }
                 Some(libc::ENOENT) => " (/bin/sh or its interpreter is missing)",
                 _ => "",
             };

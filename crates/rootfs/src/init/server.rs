@@ -47,7 +47,13 @@ impl Shared {
         protocol::write_frame(&mut *out, kind, id, payload)
     }
 
-    pub(super) fn fail(&self, id: u64, kind: FailKind, errno: Option<i32>, detail: impl Into<String>) {
+    pub(super) fn fail(
+        &self,
+        id: u64,
+        kind: FailKind,
+        errno: Option<i32>,
+        detail: impl Into<String>,
+    ) {
         let _ = self.send(
             id,
             &Reply::Failed {
@@ -59,7 +65,12 @@ impl Shared {
     }
 
     pub(super) fn fail_io(&self, id: u64, what: &str, e: &std::io::Error) {
-        self.fail(id, FailKind::from_io(e), e.raw_os_error(), format!("{what}: {e}"));
+        self.fail(
+            id,
+            FailKind::from_io(e),
+            e.raw_os_error(),
+            format!("{what}: {e}"),
+        );
     }
 
     pub(super) fn on_cancel(&self, id: u64, c: Cancel) {

@@ -26,8 +26,11 @@ pub(super) struct Ready {
 /// or metacopy, a renamed directory or a chmod would leave its data in a lower layer and
 /// the layer made from the upper directory would be wrong. `index=off` as it only serves
 /// hard-link and NFS-export bookkeeping kiln does not need.
-const OVERLAY_FLAGS: [(&str, &str); 3] =
-    [("redirect_dir", "off"), ("metacopy", "off"), ("index", "off")];
+const OVERLAY_FLAGS: [(&str, &str); 3] = [
+    ("redirect_dir", "off"),
+    ("metacopy", "off"),
+    ("index", "off"),
+];
 
 /// Parts of /proc that are read-only in the container (as in Docker): writing to them
 /// would change the host kernel (sysctls, sysrq, IRQ affinity).
@@ -86,9 +89,11 @@ pub(super) fn build(cfg: &InitConfig) -> Result<Ready, SetupFailure> {
     } else {
         None
     };
+    // kiln lists layers bottom first; overlayfs wants the topmost first (for both the
+    // legacy `lowerdir=top:…:bottom` and repeated `lowerdir+`).
     let lower: Vec<String> = match &scratch {
         Some(fd) => vec![format!("/proc/self/fd/{}", fd.as_raw_fd())],
-        None => cfg.lower.clone(),
+        None => cfg.lower.iter().rev().cloned().collect(),
     };
     // The overlay is attached over the work directory, in this namespace only: its
     // superblock holds the directories it was created from, so hiding their paths is
@@ -112,7 +117,8 @@ pub(super) fn build(cfg: &InitConfig) -> Result<Ready, SetupFailure> {
         .map_err(|e| setup_err("chdir into the overlay", e))?;
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
     // the overlay as the only root, with no directory to hold the old one.
-    rustix::process::pivot_root(".", ".").map_err(|e| setup_err("pivot_root into the overlay", e))?;
+    rustix::process::pivot_root(".", ".")
+        .map_err(|e| setup_err("pivot_root into the overlay", e))?;
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(|e| setup_err("detaching the host's root", e))?;
     rustix::process::chdir("/").map_err(|e| setup_err("chdir /", e))?;
@@ -136,7 +142,8 @@ pub(super) fn build(cfg: &InitConfig) -> Result<Ready, SetupFailure> {
     }
     sys::umask(0o022);
     replace_stdio()?;
-    sys::set_not_dumpable().map_err(|e| SetupFailure::new(SetupStage::Setup, "PR_SET_DUMPABLE", e))?;
+    sys::set_not_dumpable()
+        .map_err(|e| SetupFailure::new(SetupStage::Setup, "PR_SET_DUMPABLE", e))?;
     Ok(Ready { created, dns })
 }
 
@@ -156,8 +163,14 @@ fn fs_log(fs: &OwnedFd) -> Vec<String> {
 fn empty_tmpfs() -> Result<OwnedFd, SetupFailure> {
     let opts = "mode=0755,size=4k (read-only)";
     let what = "an empty tmpfs as the scratch lower layer";
-    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| mount_err(what, opts, e, vec!["the scratch base needs Linux 5.2 or newer".into()]))?;
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
+        mount_err(
+            what,
+            opts,
+            e,
+            vec!["the scratch base needs Linux 5.2 or newer".into()],
+        )
+    })?;
     let r = rustix::mount::fsconfig_set_string(&fs, "mode", "0755")
         .and_then(|()| rustix::mount::fsconfig_set_string(&fs, "size", "4k"))
         .and_then(|()| rustix::mount::fsconfig_create(&fs))
@@ -213,11 +226,21 @@ fn mount_overlay(lower: &[String], upper: &str, work: &str) -> Result<(), SetupF
                 if log.iter().any(|m| m.contains("lowerdir+")) || log.is_empty() {
                     return mount_overlay_legacy(lower, upper, work);
                 }
-                return Err(mount_err(format!("{what} (lower layer {l})"), &shown, Errno::INVAL, log));
+                return Err(mount_err(
+                    format!("{what} (lower layer {l})"),
+                    &shown,
+                    Errno::INVAL,
+                    log,
+                ));
             }
             Err(e) => {
                 let log = fs_log(&fs);
-                return Err(mount_err(format!("{what} (lower layer {l})"), &shown, e, log));
+                return Err(mount_err(
+                    format!("{what} (lower layer {l})"),
+                    &shown,
+                    e,
+                    log,
+                ));
             }
         }
     }
@@ -244,8 +267,16 @@ fn mount_overlay(lower: &[String], upper: &str, work: &str) -> Result<(), SetupF
             }
             mount_err(what, &shown, e, log)
         })?;
-    rustix::mount::move_mount(&mnt, "", CWD, work, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-        .map_err(|e| mount_err(format!("attaching the overlay at {work}"), &shown, e, vec![]))
+    rustix::mount::move_mount(&mnt, "", CWD, work, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).map_err(
+        |e| {
+            mount_err(
+                format!("attaching the overlay at {work}"),
+                &shown,
+                e,
+                vec![],
+            )
+        },
+    )
 }
 
 /// mount(2) with an option string, for kernels without `lowerdir+` (before 6.8).
@@ -278,8 +309,14 @@ fn mount_overlay_legacy(lower: &[String], upper: &str, work: &str) -> Result<(),
     }
     let cdata = std::ffi::CString::new(data.clone())
         .map_err(|_| SetupFailure::new(SetupStage::Mount, what, "a path contains a NUL byte"))?;
-    rustix::mount::mount("overlay", work, "overlay", MountFlags::empty(), Some(cdata.as_c_str()))
-        .map_err(|e| mount_err(what, &data, e, vec![]))
+    rustix::mount::mount(
+        "overlay",
+        work,
+        "overlay",
+        MountFlags::empty(),
+        Some(cdata.as_c_str()),
+    )
+    .map_err(|e| mount_err(what, &data, e, vec![]))
 }
 
 /// Makes sure a mount point exists, creating it (and recording it) if the image lacks it.
@@ -357,9 +394,12 @@ fn mask_proc() -> Result<(), SetupFailure> {
 
 fn mask_dir(p: &str) -> Result<(), SetupFailure> {
     match rustix::fs::lstat(p) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-            mount_simple("tmpfs", p, MountFlags::RDONLY | NOSUID_NODEV_NOEXEC, "size=4k,mode=0555")
-        }
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => mount_simple(
+            "tmpfs",
+            p,
+            MountFlags::RDONLY | NOSUID_NODEV_NOEXEC,
+            "size=4k,mode=0555",
+        ),
         _ => Ok(()),
     }
 }
@@ -393,7 +433,12 @@ fn mount_dev(created: &mut Vec<String>) -> Result<(), SetupFailure> {
     )?;
     rustix::fs::mkdir("/dev/shm", Mode::from_raw_mode(0o1777))
         .map_err(|e| setup_err("mkdir /dev/shm", e))?;
-    mount_simple("tmpfs", "/dev/shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")?;
+    mount_simple(
+        "tmpfs",
+        "/dev/shm",
+        NOSUID_NODEV_NOEXEC,
+        "mode=1777,size=65536k",
+    )?;
     // POSIX message queues of the container's own ipc namespace; optional.
     if rustix::fs::mkdir("/dev/mqueue", Mode::from_raw_mode(0o755)).is_ok() {
         let _ = mount_simple("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, "");
@@ -412,7 +457,12 @@ fn mount_dev(created: &mut Vec<String>) -> Result<(), SetupFailure> {
 
 fn mount_sys(created: &mut Vec<String>) -> Result<(), SetupFailure> {
     ensure_dir("/sys", created)?;
-    mount_simple("sysfs", "/sys", MountFlags::RDONLY | NOSUID_NODEV_NOEXEC, "")
+    mount_simple(
+        "sysfs",
+        "/sys",
+        MountFlags::RDONLY | NOSUID_NODEV_NOEXEC,
+        "",
+    )
 }
 
 /// Binds the host's resolv.conf (taken before the pivot) read-only over the image's.

@@ -70,9 +70,8 @@ pub(super) fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, S
     if user.is_empty() {
         return Err(format!("user {spec:?} is empty"));
     }
-    let found = accounts(passwd).find(|(name, uid, _)| {
-        *name == user || user.parse::<u32>().ok() == Some(*uid)
-    });
+    let found = accounts(passwd)
+        .find(|(name, uid, _)| *name == user || user.parse::<u32>().ok() == Some(*uid));
     let (name, uid, primary) = match (found, user.parse::<u32>()) {
         (Some(a), _) => (Some(a.0), a.1, a.2),
         // A numeric uid the image does not list runs with gid 0, as Docker does.
@@ -81,12 +80,14 @@ pub(super) fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Ids, S
     };
     let gid = match grp {
         None => primary,
-        Some(g) => match groups(group).find(|(n, gid, _)| *n == g || g.parse::<u32>().ok() == Some(*gid)) {
-            Some((_, gid, _)) => gid,
-            None => g
-                .parse()
-                .map_err(|_| format!("group {g:?} is not in the image's /etc/group"))?,
-        },
+        Some(g) => {
+            match groups(group).find(|(n, gid, _)| *n == g || g.parse::<u32>().ok() == Some(*gid)) {
+                Some((_, gid, _)) => gid,
+                None => g
+                    .parse()
+                    .map_err(|_| format!("group {g:?} is not in the image's /etc/group"))?,
+            }
+        }
     };
     let mut list = vec![gid];
     if let Some(name) = name {
@@ -115,13 +116,17 @@ pub(super) fn name_of(uid: u32) -> Option<String> {
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\nbroken line\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\nbroken line\n";
     const GROUP: &str = "root:x:0:\nbuilder:x:1000:\nwheel:x:10:builder,other\naudio:x:29:\n";
 
     #[test]
     fn names_and_numbers() {
         let b = resolve_in("builder", PASSWD, GROUP).unwrap();
-        assert_eq!((b.uid, b.gid, b.groups.clone()), (1000, 1000, vec![1000, 10]));
+        assert_eq!(
+            (b.uid, b.gid, b.groups.clone()),
+            (1000, 1000, vec![1000, 10])
+        );
         assert_eq!(resolve_in("1000", PASSWD, GROUP).unwrap(), b);
         let r = resolve_in("root:audio", PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid, r.groups), (0, 29, vec![29]));
@@ -132,8 +137,16 @@ mod tests {
 
     #[test]
     fn unknown_names_fail_clearly() {
-        assert!(resolve_in("nobody", PASSWD, GROUP).unwrap_err().contains("/etc/passwd"));
-        assert!(resolve_in("root:nogroup", PASSWD, GROUP).unwrap_err().contains("/etc/group"));
+        assert!(
+            resolve_in("nobody", PASSWD, GROUP)
+                .unwrap_err()
+                .contains("/etc/passwd")
+        );
+        assert!(
+            resolve_in("root:nogroup", PASSWD, GROUP)
+                .unwrap_err()
+                .contains("/etc/group")
+        );
         assert!(resolve_in("", PASSWD, GROUP).is_err());
     }
 }
