@@ -17,7 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::Error;
 use crate::protocol::{
-    self, FrameError, Kind, MAX_FRAME_FROM_INIT, MAX_MSG_FROM_INIT, Reply, Request,
+    self, FrameError, Kind, MAX_FRAME_FROM_INIT, MAX_FRAME_TO_INIT, MAX_MSG_FROM_INIT, Reply,
+    Request,
 };
 
 /// Bytes of data frames queued for the writer at most.
@@ -141,6 +142,17 @@ impl Conn {
         }
         let json = serde_json::to_vec(req)
             .map_err(|e| Error::Protocol(format!("encoding a request: {e}")))?;
+        // The init would take a larger frame for a broken connection.
+        if json.len() > MAX_FRAME_TO_INIT - 64 {
+            if let Ok(mut t) = self.table.lock() {
+                t.open.remove(&id);
+            }
+            return Err(Error::Config(format!(
+                "the request is {} bytes; commands and environments are limited to {}                  (upload a long script as a file and run that)",
+                json.len(),
+                MAX_FRAME_TO_INIT - 64
+            )));
+        }
         let ch = Channel {
             conn: self.clone(),
             id,

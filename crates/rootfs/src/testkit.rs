@@ -148,7 +148,8 @@ pub fn namespace_of(pid: i32, kind: &str) -> io::Result<String> {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map(|p| p.display().to_string())
 }
 
-/// Host pids of every process whose `kind` namespace (`pid`, `mnt`, ...) is `ns`.
+/// Host pids of every process whose `kind` namespace (`pid`, `mnt`, ...) is `ns`. Only
+/// meaningful while that namespace exists: a freed namespace's number is soon reused.
 pub fn processes_in(kind: &str, ns: &str) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -158,15 +159,49 @@ pub fn processes_in(kind: &str, ns: &str) -> Vec<i32> {
         .collect()
 }
 
+/// (state, start time) from /proc/<pid>/stat.
+fn stat_of(pid: i32) -> Option<(String, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, start time field 22 (1-based, see proc(5)).
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
+}
+
+/// One process, remembered with its start time: pids (32768 by default) and namespace
+/// inode numbers are reused quickly on a busy machine, so neither alone identifies a
+/// process once it may have died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    start: u64,
+}
+
+impl Proc {
+    /// The process running as `pid` now.
+    pub fn of(pid: i32) -> Option<Proc> {
+        stat_of(pid).map(|(_, start)| Proc { pid, start })
+    }
+
+    /// True while this very process exists and is not a zombie.
+    pub fn is_alive(&self) -> bool {
+        stat_of(self.pid)
+            .is_some_and(|(state, start)| start == self.start && state != "Z" && state != "X")
+    }
+}
+
+/// The processes in namespace `ns` now (see [`processes_in`]), to check later that they
+/// are gone without being fooled by a reused namespace number.
+pub fn procs_in(kind: &str, ns: &str) -> Vec<Proc> {
+    processes_in(kind, ns)
+        .into_iter()
+        .filter_map(Proc::of)
+        .collect()
+}
+
 /// True while a process with this pid exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    stat_of(pid).is_some_and(|(state, _)| state != "Z" && state != "X")
 }
 
 /// Lines of the host's /proc/self/mountinfo that mention `needle`.

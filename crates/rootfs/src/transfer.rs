@@ -305,8 +305,8 @@ impl Container {
                     if size > max_bytes {
                         return Err(too_large());
                     }
-                    // Trust the size only for a first allocation, and only up to 16 MiB.
-                    buf.reserve(size.min(16 << 20) as usize);
+                    // Within the caller's own limit, so at most what it agreed to hold.
+                    buf.reserve(size.min(max_bytes) as usize);
                 }
                 Incoming::Stdout(d) => {
                     if (buf.len() + d.len()) as u64 > max_bytes {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{busybox, init, run, sh, start};
-use kiln_rootfs::testkit::{eventually, is_alive, namespace_of, processes_in};
+use kiln_rootfs::testkit::{Proc, eventually, namespace_of, processes_in, procs_in};
 use kiln_rootfs::{Error, ExecEvent, ExecRequest, Stream};
 
 #[tokio::test]
@@ -190,17 +190,31 @@ async fn background_processes_die_with_the_container() {
     // The step returns although `sleep` keeps running (and holds stdout open).
     let out = sh(&c, "sleep 1000 & echo started").await;
     assert_eq!(out.stdout, b"started\n");
-    let procs = processes_in("pid", &ns);
-    let sleeper: Vec<i32> = procs.iter().copied().filter(|p| *p != pid1).collect();
-    assert_eq!(sleeper.len(), 1, "one background sleep, got {procs:?}");
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", sleeper[0])).unwrap();
-    assert_eq!(comm.trim(), "sleep");
+    let is_sleep = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    };
+    // Until the forked shell has exec'd sleep, it is still called sh.
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let others: Vec<i32> = processes_in("pid", &ns)
+                .into_iter()
+                .filter(|p| *p != pid1)
+                .collect();
+            others.len() == 1 && is_sleep(&others[0])
+        })
+        .await,
+        "expected one background sleep besides pid 1, got {:?}",
+        processes_in("pid", &ns)
+    );
+    let procs = procs_in("pid", &ns);
+    assert_eq!(procs.len(), 2);
+    let init = Proc::of(c.init_pid() as i32).unwrap();
 
     c.stop().await.unwrap();
     // stop returns only after the namespace is reaped: no polling needed.
-    assert!(!is_alive(sleeper[0]), "the background sleep survived stop");
-    assert!(!is_alive(pid1));
-    assert_eq!(processes_in("pid", &ns), Vec::<i32>::new());
+    for p in procs.iter().chain([&init]) {
+        assert!(!p.is_alive(), "{p:?} survived stop");
+    }
     assert!(matches!(
         c.exec(&ExecRequest::new("true"), &mut |_, _| {}).await,
         Err(Error::Stopped)
@@ -212,16 +226,19 @@ async fn background_processes_die_with_the_container() {
 async fn a_dropped_container_takes_its_processes_along() {
     let l = busybox();
     let c = start(l.config(init())).await;
-    let pid1 = c.host_pid();
-    let ns = namespace_of(pid1, "pid").unwrap();
+    let ns = namespace_of(c.host_pid(), "pid").unwrap();
     sh(&c, "sleep 1000 &").await;
+    let mut procs = procs_in("pid", &ns);
+    procs.extend(Proc::of(c.init_pid() as i32));
+    assert!(procs.len() >= 3);
     drop(c);
     assert!(
-        eventually(Duration::from_secs(60), || processes_in("pid", &ns)
-            .is_empty())
+        eventually(Duration::from_secs(60), || procs
+            .iter()
+            .all(|p| !p.is_alive()))
         .await,
         "processes left after drop: {:?}",
-        processes_in("pid", &ns)
+        procs.iter().filter(|p| p.is_alive()).collect::<Vec<_>>()
     );
 }
 

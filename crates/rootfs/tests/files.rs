@@ -118,6 +118,17 @@ async fn write_read_upload_download_and_stat() {
         Err(Error::File { kind, .. }) => assert_eq!(kind, FileErrorKind::NotFound),
         other => panic!("expected NotFound, got {other:?}"),
     }
+    // A FIFO neither hangs a read nor a write.
+    run(&c, "mkfifo /tmp/fifo").await;
+    assert!(matches!(
+        c.read_file("/tmp/fifo", 10).await,
+        Err(Error::File {
+            kind: FileErrorKind::InvalidPath,
+            ..
+        })
+    ));
+    assert!(c.write_file("/tmp/fifo", b"x", None).await.is_err());
+    c.write_file("/dev/null", b"discarded", None).await.unwrap();
     // A big upload into a missing directory fails early and leaves the container usable.
     let mut reader: &[u8] = &payload;
     assert!(

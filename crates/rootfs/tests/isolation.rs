@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{busybox, init, run, sh, start};
 use kiln_rootfs::testkit::{
-    FAKE_SHADOW, eventually, host_mounts_mentioning, is_alive, namespace_of, processes_in,
+    FAKE_SHADOW, Proc, eventually, host_mounts_mentioning, namespace_of, processes_in, procs_in,
 };
 use kiln_rootfs::{Container, Error, ExecRequest, InitProgram, Network};
 
@@ -90,11 +90,13 @@ async fn nothing_is_mounted_on_the_host() {
     assert_eq!(host_mounts_mentioning(&needle), Vec::<String>::new());
     let mnt = namespace_of(c.host_pid(), "mnt").unwrap();
     assert_ne!(mnt, namespace_of(std::process::id() as i32, "mnt").unwrap());
+    let members = procs_in("mnt", &mnt);
+    assert!(members.len() >= 2, "the outer init and pid 1: {members:?}");
     c.stop().await.unwrap();
     assert_eq!(host_mounts_mentioning(&needle), Vec::<String>::new());
     assert_eq!(
-        processes_in("mnt", &mnt),
-        Vec::<i32>::new(),
+        members.iter().filter(|p| p.is_alive()).count(),
+        0,
         "the mount namespace is gone"
     );
 }
@@ -377,24 +379,26 @@ async fn the_owner_dying_takes_the_container_along() {
         f[2].parse().unwrap(),
     );
     let (pidns, mntns) = (f[3].to_string(), f[4].to_string());
-    assert!(is_alive(init_pid) && is_alive(pid1) && is_alive(sleeper));
+    // Everything in the container's namespaces, taken while they surely exist.
+    let mut procs: Vec<Proc> = [init_pid, pid1, sleeper]
+        .into_iter()
+        .filter_map(Proc::of)
+        .collect();
+    assert_eq!(procs.len(), 3, "init, pid 1 and the sleep are running");
+    procs.extend(procs_in("pid", &pidns));
+    procs.extend(procs_in("mnt", &mntns));
 
     let mut holder = holder;
     holder.0.kill().unwrap(); // SIGKILL: no destructor, no stop()
     holder.0.wait().unwrap();
 
     assert!(
-        eventually(Duration::from_secs(60), || !is_alive(init_pid)
-            && !is_alive(pid1)
-            && !is_alive(sleeper))
+        eventually(Duration::from_secs(60), || procs
+            .iter()
+            .all(|p| !p.is_alive()))
         .await,
-        "the container outlived its owner"
-    );
-    assert!(
-        eventually(Duration::from_secs(60), || processes_in("pid", &pidns)
-            .is_empty()
-            && processes_in("mnt", &mntns).is_empty())
-        .await
+        "the container outlived its owner: {:?}",
+        procs.iter().filter(|p| p.is_alive()).collect::<Vec<_>>()
     );
     assert_eq!(
         host_mounts_mentioning(&l.root().display().to_string()),

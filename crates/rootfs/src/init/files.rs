@@ -80,6 +80,21 @@ impl Read for Input {
     }
 }
 
+/// Files are opened with O_NONBLOCK so that a FIFO cannot hang the request in `open`;
+/// FIFOs and sockets are then refused, and anything else goes back to blocking I/O.
+fn blocking_unless_fifo(f: std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = f.metadata()?.file_type();
+    if ft.is_fifo() || ft.is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a FIFO or socket, not a file",
+        ));
+    }
+    rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty())?;
+    Ok(f)
+}
+
 /// `cat > path` semantics: created or truncated, symlinks followed (inside the container).
 /// With a mode the file is created private and gets its mode once the content is complete.
 pub(super) fn write_file(
@@ -97,7 +112,9 @@ pub(super) fn write_file(
         .create(true)
         .truncate(true)
         .mode(if mode.is_some() { 0o600 } else { 0o666 })
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
+        .and_then(blocking_unless_fifo)
     {
         Ok(f) => f,
         Err(e) => return sh.fail_io(id, "open", &e),
@@ -123,7 +140,12 @@ pub(super) fn read_file(sh: &Shared, id: u64, path: &str, max: Option<u64>, stop
     if !check_path(sh, id, path) {
         return;
     }
-    let mut file = match std::fs::File::open(path) {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(blocking_unless_fifo)
+    {
         Ok(f) => f,
         Err(e) => return sh.fail_io(id, "open", &e),
     };
