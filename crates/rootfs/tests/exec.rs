@@ -120,7 +120,13 @@ async fn commands_run_as_the_requested_user() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "4242\n77\n");
-    // root keeps only a build's capabilities: no mounting, no raw devices.
+    // root keeps only a build's capabilities (Docker's defaults minus MKNOD and NET_RAW):
+    // no mounting, no raw devices, nothing to pass on.
+    let caps = run(&c, "grep -E '^Cap(Inh|Eff|Bnd|Amb)' /proc/self/status").await;
+    assert_eq!(
+        caps,
+        "CapInh:\t0000000000000000\nCapEff:\t00000000a00405fb\nCapBnd:\t00000000a00405fb\nCapAmb:\t0000000000000000\n"
+    );
     let out = sh(&c, "mount -t tmpfs none /mnt 2>&1 || mknod /tmp/sda b 8 0").await;
     assert!(!out.success(), "a step must not mount or create devices");
     match c

@@ -19,11 +19,12 @@ use super::server::{Cancel, Shared};
 use super::{sys, users};
 use crate::protocol::{FailKind, Kind, Reply};
 
-/// Capabilities a build step's root keeps: Docker's default set without `MKNOD` (no device
+/// Capabilities a build step's root keeps (pid 1 limits its bounding set to these before
+/// it serves, see `sys::limit_descendants_caps`): Docker's default set without `MKNOD` (no device
 /// cgroup guards the host's disks here) and `NET_RAW` (with host networking it would let a
 /// step sniff the host's traffic). Everything else (`SYS_ADMIN`, `SYS_MODULE`,
 /// `SYS_PTRACE`, `NET_ADMIN`, ...) is dropped from the bounding set.
-const KEEP_CAPS: u64 = (1 << 0) // CHOWN
+pub(super) const KEEP_CAPS: u64 = (1 << 0) // CHOWN
     | (1 << 1) // DAC_OVERRIDE
     | (1 << 3) // FOWNER
     | (1 << 4) // FSETID
@@ -78,19 +79,15 @@ pub(super) fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let last_cap = sh.last_cap;
-    let groups: Vec<libc::gid_t> = ids.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
-    let ids = ids.map(|i| (i.uid, i.gid));
-    // SAFETY: the closure only makes raw system calls on data prepared before the fork
-    // (see sys.rs): async-signal-safe, as a child of a multi-threaded process needs.
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::restrict_caps(KEEP_CAPS, last_cap)?;
-            if let Some((uid, gid)) = ids {
-                sys::set_ids(uid, gid, &groups)?;
-            }
-            Ok(())
-        });
+    // Without a user, std can use posix_spawn (a vfork-like clone: cheap even from a
+    // multi-threaded pid 1). A user needs setgroups, which std offers only unstably.
+    if let Some(ids) = ids {
+        let users::Ids { uid, gid, groups } = ids;
+        // SAFETY: the closure only makes raw system calls on data prepared before the
+        // fork (see sys.rs): async-signal-safe, as a child of a multi-threaded process needs.
+        unsafe {
+            cmd.pre_exec(move || sys::set_ids(uid, gid, &groups));
+        }
     }
     let (done_rd, done_wr) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,

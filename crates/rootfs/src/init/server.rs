@@ -30,7 +30,6 @@ pub(super) struct Shared {
     out: Mutex<UnixStream>,
     cancels: Mutex<HashMap<u64, Cancel>>,
     pub reaper: Reaper,
-    pub last_cap: u32,
 }
 
 impl Shared {
@@ -108,7 +107,6 @@ pub(super) fn serve(sock: UnixStream) -> ! {
         out: Mutex::new(out),
         cancels: Mutex::default(),
         reaper: Reaper::default(),
-        last_cap: sys::last_cap(),
     });
     let reaper = shared.clone();
     if std::thread::Builder::new()

@@ -144,6 +144,14 @@ pub(super) fn build(cfg: &InitConfig) -> Result<Ready, SetupFailure> {
     replace_stdio()?;
     sys::set_not_dumpable()
         .map_err(|e| SetupFailure::new(SetupStage::Setup, "PR_SET_DUMPABLE", e))?;
+    // Before any thread exists: the bounding set is per thread and inherited.
+    sys::limit_descendants_caps(super::run::KEEP_CAPS, sys::last_cap()).map_err(|e| {
+        SetupFailure::new(
+            SetupStage::Setup,
+            "limiting the capabilities of build steps",
+            e,
+        )
+    })?;
     Ok(Ready { created, dns })
 }
 

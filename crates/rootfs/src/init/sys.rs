@@ -110,10 +110,12 @@ struct CapData {
 
 const CAP_V3: u32 = 0x2008_0522;
 
-/// Leaves only the capabilities in `keep` (a bit mask) in the bounding set, the
-/// effective and permitted sets, and clears the inheritable and ambient sets, so that a
-/// root process executed next gets exactly `keep`. Async-signal-safe.
-pub(super) fn restrict_caps(keep: u64, last_cap: u32) -> io::Result<()> {
+/// Limits what processes started from here on can ever have: only `keep` stays in the
+/// bounding set, and the inheritable and ambient sets are emptied; this thread's own
+/// effective and permitted capabilities are unchanged. A root program executed afterwards
+/// gets exactly `keep` (its permitted set becomes the bounding set). The bounding set is
+/// per thread and inherited, so pid 1 calls this before it starts any thread.
+pub(super) fn limit_descendants_caps(keep: u64, last_cap: u32) -> io::Result<()> {
     for cap in 0..=last_cap.min(63) {
         if keep & (1 << cap) == 0 {
             // SAFETY: plain prctl; EINVAL means the kernel does not know this cap.
@@ -140,10 +142,7 @@ pub(super) fn restrict_caps(keep: u64, last_cap: u32) -> io::Result<()> {
     let mut data = [CapData::default(); 2];
     // SAFETY: header and two data structs as the v3 ABI requires, on our stack.
     check(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) })?;
-    for (i, d) in data.iter_mut().enumerate() {
-        let k = (keep >> (32 * i)) as u32;
-        d.permitted &= k;
-        d.effective &= k;
+    for d in data.iter_mut() {
         d.inheritable = 0;
     }
     // SAFETY: as above.
