@@ -9,7 +9,7 @@
 //! of growing memory.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -56,6 +56,8 @@ pub(crate) struct Conn {
     out: mpsc::UnboundedSender<Outgoing>,
     budget: Arc<Semaphore>,
     next_id: AtomicU64,
+    /// Set by `Container::stop`: requests cut short by it fail with `Stopped`, not `ContainerDied`.
+    stopping: AtomicBool,
     diagnose: Diagnose,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -81,13 +83,21 @@ impl Conn {
             out: out_tx,
             budget: Arc::new(Semaphore::new(QUEUED_BYTES)),
             next_id: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
             diagnose,
             tasks: Mutex::new(vec![writer, reader]),
         });
         (conn, first_rx)
     }
 
+    pub(crate) fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn died(&self) -> Error {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Error::Stopped;
+        }
         let reason = self
             .table
             .lock()

@@ -372,6 +372,7 @@ impl Container {
             return Ok(());
         }
         self.stopped.store(true, Ordering::Relaxed);
+        self.conn.set_stopping();
         let child = self.child.lock().ok().and_then(|mut c| c.take());
         if let Some(mut child) = child {
             terminate(&child);

@@ -134,6 +134,7 @@ pub enum Error {
     #[error("the container died: {detail}")]
     ContainerDied { detail: String },
 
+    /// The container was stopped (requests still running then end with this too).
     #[error("the container was stopped; start a new one for the next step")]
     Stopped,
 

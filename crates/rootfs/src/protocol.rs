@@ -276,12 +276,13 @@ pub struct FileStat {
     pub mtime: i64,
 }
 
+/// What a path is, after following symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     File,
     Directory,
-    Symlink,
+    /// A device, FIFO or socket.
     Other,
 }
 

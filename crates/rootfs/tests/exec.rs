@@ -229,6 +229,17 @@ async fn background_processes_die_with_the_container() {
 }
 
 #[tokio::test]
+async fn stop_ends_a_running_command() {
+    let l = busybox();
+    let c = start(l.config(init())).await;
+    let ex = c.start_exec(&ExecRequest::new("sleep 1000")).await.unwrap();
+    let mut ignore = |_: Stream, _: &[u8]| {};
+    let (waited, stopped) = tokio::join!(ex.wait(&mut ignore), c.stop());
+    stopped.unwrap();
+    assert!(matches!(waited, Err(Error::Stopped)), "{waited:?}");
+}
+
+#[tokio::test]
 async fn a_dropped_container_takes_its_processes_along() {
     let l = busybox();
     let c = start(l.config(init())).await;

@@ -313,8 +313,6 @@ pub(super) fn stat(sh: &Shared, id: u64, path: &str) {
                 FileKind::File
             } else if m.is_dir() {
                 FileKind::Directory
-            } else if m.file_type().is_symlink() {
-                FileKind::Symlink
             } else {
                 FileKind::Other
             },
