@@ -190,7 +190,18 @@ impl Container {
                             "unexpected frame during start-up: {other:?}"
                         )));
                     }
-                    None => return Err(conn.died()),
+                    None => {
+                        let detail = match conn.died() {
+                            Error::ContainerDied { detail } => detail,
+                            other => other.to_string(),
+                        };
+                        return Err(Error::ContainerDied {
+                            detail: format!(
+                                "the init {program} ended before the container was ready ({detail}); \
+                                 it must be kiln's own binary running kiln_rootfs::init_main"
+                            ),
+                        });
+                    }
                 };
                 match msg {
                     Reply::Forked { pid } if pid > 0 && pid1.is_none() => pid1 = Some(pid),

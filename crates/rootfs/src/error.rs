@@ -54,8 +54,14 @@ impl fmt::Display for Errno {
     }
 }
 
-fn errno_suffix(e: &Option<Errno>) -> String {
-    e.map(|e| format!(" ({e})")).unwrap_or_default()
+/// ": EPERM: Operation not permitted; <detail>", leaving out what is missing.
+fn os_part(errno: &Option<Errno>, detail: &str) -> String {
+    match (errno, detail.is_empty()) {
+        (Some(e), true) => format!(": {e}"),
+        (Some(e), false) => format!(": {e}; {detail}"),
+        (None, false) => format!(": {detail}"),
+        (None, true) => String::new(),
+    }
 }
 
 /// Why a file request failed, for callers that branch on it.
@@ -96,10 +102,10 @@ pub enum Error {
     },
 
     #[error(
-        "cannot create the container's namespaces: {what} failed{}: {detail}; \
+        "cannot create the container's namespaces: {what} failed{}; \
          kiln must run as root (or with CAP_SYS_ADMIN) on a kernel with mount, pid, uts, ipc \
          and network namespaces; inside another container, it needs to be privileged",
-        errno_suffix(.errno)
+        os_part(.errno, .detail)
     )]
     Namespaces {
         what: String,
@@ -107,7 +113,7 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("mount failed in the container: {what} with options {options:?}{}: {detail}", errno_suffix(.errno))]
+    #[error("mount failed in the container: {what} with options {options:?}{}", os_part(.errno, .detail))]
     Mount {
         /// What was mounted where, e.g. `overlay on the container root`.
         what: String,
@@ -118,7 +124,7 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("container setup failed: {what}{}: {detail}", errno_suffix(.errno))]
+    #[error("container setup failed: {what}{}", os_part(.errno, .detail))]
     Setup {
         what: String,
         errno: Option<Errno>,
@@ -144,7 +150,7 @@ pub enum Error {
     #[error("file {path:?} in the container is larger than the allowed {max} bytes")]
     TooLarge { path: String, max: u64 },
 
-    #[error("{op} of {path:?} in the container failed: {kind}{}: {detail}", errno_suffix(.errno))]
+    #[error("{op} of {path:?} in the container failed: {detail}")]
     File {
         op: &'static str,
         path: String,
@@ -202,6 +208,9 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("lowerdir+=/a,upperdir=/u,workdir=/w"), "{s}");
-        assert!(s.contains("EINVAL"), "{s}");
+        assert!(
+            s.ends_with(": EINVAL: Invalid argument; overlay: missing 'workdir'"),
+            "{s}"
+        );
     }
 }

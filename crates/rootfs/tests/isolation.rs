@@ -276,6 +276,27 @@ async fn start_failures_are_typed_and_say_what_to_fix() {
         Err(Error::ContainerDied { .. })
     ));
 
+    // Without privileges (an unprivileged user, as setpriv(1) makes it), unshare fails and
+    // the error says what is needed.
+    let mut unprivileged = InitProgram::new("/usr/bin/setpriv");
+    for a in [
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ] {
+        unprivileged = unprivileged.arg(a);
+    }
+    let cfg = l.config(unprivileged.arg(env!("CARGO_BIN_EXE_kiln-rootfs-init")));
+    match Container::start(cfg).await {
+        Err(e @ Error::Namespaces { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("EPERM") && text.contains("root"), "{text}");
+        }
+        other => panic!("expected a namespace error, got {other:?}"),
+    }
+
     // The init refuses to run by hand.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-rootfs-init"))
         .stdin(std::process::Stdio::null())

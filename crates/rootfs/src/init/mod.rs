@@ -62,6 +62,16 @@ impl SetupFailure {
         }
     }
 
+    /// Adds what the user can do about it.
+    pub(crate) fn hint(mut self, hint: &str) -> Self {
+        if self.detail.is_empty() {
+            self.detail = hint.to_string();
+        } else {
+            self.detail = format!("{}; {hint}", self.detail);
+        }
+        self
+    }
+
     fn reply(&self) -> Reply {
         Reply::SetupFailed {
             stage: self.stage,
@@ -79,12 +89,12 @@ pub(crate) struct Errish {
     text: String,
 }
 
+// An errno travels as a number; kiln shows its name and text, so no text is added here.
 impl From<rustix::io::Errno> for Errish {
     fn from(e: rustix::io::Errno) -> Self {
-        let io = std::io::Error::from(e);
         Errish {
             errno: Some(e.raw_os_error()),
-            text: io.to_string(),
+            text: String::new(),
         }
     }
 }
@@ -93,8 +103,21 @@ impl From<std::io::Error> for Errish {
     fn from(e: std::io::Error) -> Self {
         Errish {
             errno: e.raw_os_error(),
-            text: e.to_string(),
+            text: if e.raw_os_error().is_some() {
+                String::new()
+            } else {
+                e.to_string()
+            },
         }
+    }
+}
+
+/// An I/O error's text without std's " (os error N)" suffix.
+pub(crate) fn io_text(e: &std::io::Error) -> String {
+    let t = e.to_string();
+    match t.rsplit_once(" (os error ") {
+        Some((head, _)) => head.to_string(),
+        None => t,
     }
 }
 

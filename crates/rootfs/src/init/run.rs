@@ -60,11 +60,19 @@ pub(super) fn exec(
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return fail(format!("working directory {cwd} is not a directory"), None),
-        Err(e) => return fail(format!("working directory {cwd}: {e}"), e.raw_os_error()),
+        Err(e) => {
+            return fail(
+                format!("working directory {cwd}: {}", super::io_text(&e)),
+                e.raw_os_error(),
+            );
+        }
     }
     if let Err(e) = std::fs::metadata("/bin/sh") {
         return fail(
-            format!("the image has no /bin/sh ({e}); commands run through `/bin/sh -c`"),
+            format!(
+                "the image has no /bin/sh ({}); commands run through `/bin/sh -c`",
+                super::io_text(&e)
+            ),
             e.raw_os_error(),
         );
     }
@@ -103,7 +111,10 @@ pub(super) fn exec(
                 Some(libc::ENOENT) => " (/bin/sh or its interpreter is missing)",
                 _ => "",
             };
-            return fail(format!("starting /bin/sh: {e}{hint}"), e.raw_os_error());
+            return fail(
+                format!("starting /bin/sh: {}{hint}", super::io_text(&e)),
+                e.raw_os_error(),
+            );
         }
     };
     let pid = child.id() as i32;

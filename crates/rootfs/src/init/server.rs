@@ -68,7 +68,7 @@ impl Shared {
             id,
             FailKind::from_io(e),
             e.raw_os_error(),
-            format!("{what}: {e}"),
+            format!("{what}: {}", super::io_text(e)),
         );
     }
 

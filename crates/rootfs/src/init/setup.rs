@@ -64,10 +64,11 @@ const DEVICES: [(&str, u32, u32); 6] = [
 ];
 
 fn mount_err(what: impl Into<String>, options: &str, e: Errno, log: Vec<String>) -> SetupFailure {
-    let mut detail = std::io::Error::from(e).to_string();
-    if !log.is_empty() {
-        detail = format!("{detail}; the kernel said: {}", log.join("; "));
-    }
+    let detail = if log.is_empty() {
+        String::new()
+    } else {
+        format!("the kernel said: {}", log.join("; "))
+    };
     SetupFailure {
         stage: SetupStage::Mount,
         what: what.into(),
@@ -172,12 +173,7 @@ fn empty_tmpfs() -> Result<OwnedFd, SetupFailure> {
     let opts = "mode=0755,size=4k (read-only)";
     let what = "an empty tmpfs as the scratch lower layer";
     let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| {
-        mount_err(
-            what,
-            opts,
-            e,
-            vec!["the scratch base needs Linux 5.2 or newer".into()],
-        )
+        mount_err(what, opts, e, vec![]).hint("the scratch base needs Linux 5.2 or newer")
     })?;
     let r = rustix::mount::fsconfig_set_string(&fs, "mode", "0755")
         .and_then(|()| rustix::mount::fsconfig_set_string(&fs, "size", "4k"))
@@ -216,12 +212,12 @@ fn mount_overlay(lower: &[String], upper: &str, work: &str) -> Result<(), SetupF
         Ok(fs) => fs,
         Err(Errno::NOSYS) => return mount_overlay_legacy(lower, upper, work),
         Err(e) => {
-            let hint = if e == Errno::NODEV {
-                vec!["this kernel has no overlayfs: load the module with `modprobe overlay`".into()]
+            let err = mount_err(what, &shown, e, vec![]);
+            return Err(if e == Errno::NODEV {
+                err.hint("this kernel has no overlayfs: load the module with `modprobe overlay`")
             } else {
-                vec![]
-            };
-            return Err(mount_err(what, &shown, e, hint));
+                err
+            });
         }
     };
     // One layer per call ("lowerdir+", Linux 6.8): no escaping, and no 4 KiB limit on the
@@ -269,11 +265,14 @@ fn mount_overlay(lower: &[String], upper: &str, work: &str) -> Result<(), SetupF
             rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         })
         .map_err(|e| {
-            let mut log = fs_log(&fs);
-            if e == Errno::INVAL && log.is_empty() {
-                log.push("upperdir and workdir must be on the same filesystem, and no layer may contain another".into());
+            let log = fs_log(&fs);
+            let quiet = log.is_empty();
+            let err = mount_err(what, &shown, e, log);
+            if e == Errno::INVAL && quiet {
+                err.hint("upperdir and workdir must be on the same filesystem, and no layer may contain another")
+            } else {
+                err
             }
-            mount_err(what, &shown, e, log)
         })?;
     rustix::mount::move_mount(&mnt, "", CWD, work, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH).map_err(
         |e| {
