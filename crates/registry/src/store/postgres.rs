@@ -1,6 +1,7 @@
 //! The shared backend: PostgreSQL through `tokio-postgres` with a `deadpool` pool.
 //!
-//! Transactions run at READ COMMITTED; writers serialise per bucket by locking the bucket row
+//! Write transactions run at READ COMMITTED, reads at REPEATABLE READ READ ONLY (one
+//! snapshot, never a serialization failure); writers serialise per bucket by locking the bucket row
 //! (`SELECT … FOR UPDATE`), so two recorders adding builds to one version see each other's
 //! builds and exactly one of them marks the version complete. Serialization failures,
 //! deadlocks and lost connections are retried.
@@ -148,7 +149,12 @@ impl<'c> PgTx<'c> {
     ) -> Result<PgTx<'c>, RegistryError> {
         let tx = client
             .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            // Writers lock rows and see each other's commits; readers get one snapshot.
+            .isolation_level(if write {
+                tokio_postgres::IsolationLevel::ReadCommitted
+            } else {
+                tokio_postgres::IsolationLevel::RepeatableRead
+            })
             .read_only(!write)
             .start()
             .await

@@ -179,61 +179,72 @@ pub(crate) async fn detail<T: Tx>(
     now: Timestamp,
 ) -> Result<VersionDetail, RegistryError> {
     let id = Value::Int(v.id);
-    let expected: Vec<String> = tx
-        .query(
-            "SELECT name FROM expected_builds WHERE version_id = $1 ORDER BY name",
-            &[id],
-        )
-        .await?
-        .iter()
-        .map(|r| r.text(0))
-        .collect::<Result<_, _>>()?;
-    let build_rows = tx
-        .query(
-            "SELECT b.id, b.name, b.status, b.labels, b.error, b.started_at, b.finished_at, \
-             b.recorded_at, p.digest FROM builds b LEFT JOIN provenances p ON p.id = b.provenance_id \
-             WHERE b.version_id = $1 ORDER BY b.name",
-            &[id],
-        )
-        .await?;
-    let mut artifacts: HashMap<i64, Vec<Artifact>> = HashMap::new();
+    // Expected builds and channels in one round trip.
+    let mut expected = Vec::new();
+    let mut channels = Vec::new();
     for r in tx
         .query(
-            "SELECT a.build_id, a.platform, a.region, a.external_id, a.sha256, a.size, a.path \
-             FROM artifacts a JOIN builds b ON b.id = a.build_id WHERE b.version_id = $1 ORDER BY a.id",
+            "SELECT 0, name FROM expected_builds WHERE version_id = $1 \
+             UNION ALL SELECT 1, name FROM channels WHERE version_id = $1 ORDER BY 1, 2",
             &[id],
         )
         .await?
     {
-        artifacts.entry(r.int(0)?).or_default().push(Artifact {
-            platform: platform(&r, 1)?,
-            region: r.text(2)?,
-            external_id: r.text(3)?,
-            sha256: r.opt_text(4)?,
-            size: r.opt_int(5)?.and_then(|s| u64::try_from(s).ok()),
-            path: r.opt_text(6)?,
-        });
+        if r.int(0)? == 0 {
+            expected.push(r.text(1)?);
+        } else {
+            channels.push(r.text(1)?);
+        }
     }
-    let mut builds = Vec::with_capacity(build_rows.len());
-    for r in &build_rows {
-        let labels: BTreeMap<String, String> =
-            serde_json::from_str(&r.text(3)?).map_err(|e| RegistryError::Storage {
-                backend: r.backend,
-                operation: "reading build labels",
-                message: e.to_string(),
-                transient: false,
-            })?;
-        builds.push(Build {
-            name: r.text(1)?,
-            status: status(r, 2)?,
-            labels,
-            error: r.opt_text(4)?,
-            started_at: r.opt_int(5)?.map(ts),
-            finished_at: r.opt_int(6)?.map(ts),
-            recorded_at: ts(r.int(7)?),
-            artifacts: artifacts.remove(&r.int(0)?).unwrap_or_default(),
-            provenance_digest: r.opt_text(8)?,
-        });
+    // Builds with their artifacts in one round trip (a build without artifacts has one row
+    // of nulls).
+    let rows = tx
+        .query(
+            "SELECT b.id, b.name, b.status, b.labels, b.error, b.started_at, b.finished_at, \
+             b.recorded_at, p.digest, a.platform, a.region, a.external_id, a.sha256, a.size, a.path \
+             FROM builds b LEFT JOIN provenances p ON p.id = b.provenance_id \
+             LEFT JOIN artifacts a ON a.build_id = b.id \
+             WHERE b.version_id = $1 ORDER BY b.name, a.id",
+            &[id],
+        )
+        .await?;
+    let mut builds: Vec<Build> = Vec::new();
+    let mut last_build = None;
+    for r in &rows {
+        let build_id = r.int(0)?;
+        if last_build != Some(build_id) {
+            last_build = Some(build_id);
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(&r.text(3)?).map_err(|e| RegistryError::Storage {
+                    backend: r.backend,
+                    operation: "reading build labels",
+                    message: e.to_string(),
+                    transient: false,
+                })?;
+            builds.push(Build {
+                name: r.text(1)?,
+                status: status(r, 2)?,
+                labels,
+                error: r.opt_text(4)?,
+                started_at: r.opt_int(5)?.map(ts),
+                finished_at: r.opt_int(6)?.map(ts),
+                recorded_at: ts(r.int(7)?),
+                artifacts: Vec::new(),
+                provenance_digest: r.opt_text(8)?,
+            });
+        }
+        if r.opt_text(9)?.is_some()
+            && let Some(b) = builds.last_mut()
+        {
+            b.artifacts.push(Artifact {
+                platform: platform(r, 9)?,
+                region: r.text(10)?,
+                external_id: r.text(11)?,
+                sha256: r.opt_text(12)?,
+                size: r.opt_int(13)?.and_then(|s| u64::try_from(s).ok()),
+                path: r.opt_text(14)?,
+            });
+        }
     }
     let mut provenance = Vec::new();
     for r in tx
@@ -441,29 +452,46 @@ pub(crate) async fn channel<T: Tx>(
     channel: &str,
     now: Timestamp,
 ) -> Result<(VersionDetail, ChannelInfo), RegistryError> {
-    let b = bucket(tx, bucket_name, false).await?;
+    // Bucket, channel and version in one round trip; the slow paths find the suggestions.
     let row = tx
         .query_opt(
-            "SELECT v.id, v.fingerprint, v.created_at, v.completed_at, c.updated_at, c.serial \
-             FROM channels c JOIN versions v ON v.id = c.version_id WHERE c.bucket_id = $1 AND c.name = $2",
-            &[Value::Int(b.id), Value::Text(channel)],
+            "SELECT b.id, b.name, b.description, b.version_count, v.id, v.fingerprint, v.created_at, \
+             v.completed_at, c.updated_at, c.serial FROM buckets b \
+             LEFT JOIN channels c ON c.bucket_id = b.id AND c.name = $2 \
+             LEFT JOIN versions v ON v.id = c.version_id WHERE b.name = $1",
+            &[Value::Text(bucket_name), Value::Text(channel)],
         )
         .await?;
     let Some(r) = row else {
-        return Err(crate::store::ops::common::unknown_channel(tx, &b, channel).await);
+        return Err(bucket(tx, bucket_name, false)
+            .await
+            .err()
+            .unwrap_or_else(|| {
+                RegistryError::conflict("the bucket appeared during the lookup; try again")
+            }));
     };
-    let v = VersionRow {
+    let b = BucketRow {
         id: r.int(0)?,
-        fingerprint: r.text(1)?,
-        created_at: r.int(2)?,
-        completed_at: r.opt_int(3)?,
+        name: r.text(1)?,
+        description: r.text(2)?,
+        version_count: r.int(3)?,
     };
+    if r.opt_int(4)?.is_none() {
+        return Err(crate::store::ops::common::unknown_channel(tx, &b, channel).await);
+    }
+    let v = VersionRow {
+        id: r.int(4)?,
+        fingerprint: r.text(5)?,
+        created_at: r.int(6)?,
+        completed_at: r.opt_int(7)?,
+    };
+    let (updated_at, serial) = (r.int(8)?, r.int(9)?);
     let d = detail(tx, &b, &v, now).await?;
     let info = ChannelInfo {
         name: channel.to_string(),
         fingerprint: v.fingerprint,
-        updated_at: ts(r.int(4)?),
-        serial: r.int(5)?,
+        updated_at: ts(updated_at),
+        serial,
         managed: channel == LATEST,
         revocation: d.revocation.clone(),
     };
