@@ -76,6 +76,7 @@ footer{max-width:1200px;margin:2rem auto 1rem;padding:0 1rem;color:var(--muted);
  thead{display:none}
  tr{border:1px solid var(--line);border-radius:.6rem;margin:0 0 .75rem;padding:.35rem .6rem;background:#fff}
  td{border:none;padding:.2rem 0;display:flex;gap:.6rem}
+ td>div{flex:1;min-width:0}
  td::before{content:attr(data-label);flex:0 0 6.5rem;color:var(--muted);font-size:.75rem;text-transform:uppercase;padding-top:.1rem}
  dl.kv{grid-template-columns:1fr;gap:0}dl.kv dt{margin-top:.5rem}
 }
@@ -131,7 +132,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str("<tr>");
         for (i, c) in r.iter().enumerate() {
             let label = headers.get(i).copied().unwrap_or("");
-            let _ = write!(out, "<td data-label=\"{}\">{c}</td>", esc(label));
+            let _ = write!(out, "<td data-label=\"{}\"><div>{c}</div></td>", esc(label));
         }
         out.push_str("</tr>");
     }
@@ -804,6 +805,9 @@ mod tests {
     #[test]
     fn tables_label_cells_for_phones() {
         let t = table(&["A"], &[vec!["<b>x</b>".into()]]);
-        assert!(t.contains("<td data-label=\"A\"><b>x</b></td>"), "{t}");
+        assert!(
+            t.contains("<td data-label=\"A\"><div><b>x</b></div></td>"),
+            "{t}"
+        );
     }
 }

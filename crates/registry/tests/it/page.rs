@@ -143,6 +143,20 @@ async fn page_renders_in_headless_chromium() {
                 .screenshot(&format!("{base}/b/webapp"), w, h, &out)
                 .expect("screenshot");
             metrics.push(((w, h), ink(&out, w, h)));
+            // Set KILN_REGISTRY_SCREENSHOTS=DIR to keep the screenshots for a look.
+            if let Some(keep) = std::env::var_os("KILN_REGISTRY_SCREENSHOTS") {
+                let keep = std::path::PathBuf::from(keep);
+                let _ = std::fs::create_dir_all(&keep);
+                let _ = std::fs::copy(&out, keep.join(format!("bucket-{w}x{h}.png")));
+                for (name, path) in [("index", "/"), ("version", "/b/webapp/v/01JPAGEWEB01")] {
+                    let _ = chrome.screenshot(
+                        &format!("{base}{path}"),
+                        w,
+                        h,
+                        &keep.join(format!("{name}-{w}x{h}.png")),
+                    );
+                }
+            }
         }
         (index, bucket, version, base_page, metrics)
     })

@@ -408,7 +408,7 @@ async fn revoke_schedule_and_restore(store: Store) {
 /// base → app → svc through parent links.
 async fn chain(store: &Store) -> (String, String) {
     record(
-        &store,
+        store,
         Rec::new("base", "B1", "base").only_artifact(Platform::Qemu, "local", "/img/base-1.qcow2"),
     )
     .await;
