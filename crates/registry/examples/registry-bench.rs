@@ -160,7 +160,10 @@ async fn http(store: Store, n: usize) -> Result<(), String> {
 
     // Baseline: the same lookup without HTTP (warmed up like the HTTP loops).
     for _ in 0..20 {
-        store.channel("bench", "prod").await.map_err(|e| e.to_string())?;
+        store
+            .channel("bench", "prod")
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let mut direct = Vec::with_capacity(n);
     for _ in 0..n {

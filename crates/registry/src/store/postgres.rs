@@ -1,7 +1,7 @@
 //! The shared backend: PostgreSQL through `tokio-postgres` with a `deadpool` pool.
 //!
-//! Write transactions run at READ COMMITTED, reads at REPEATABLE READ READ ONLY (one
-//! snapshot, never a serialization failure); writers serialise per bucket by locking the bucket row
+//! Write transactions run at READ COMMITTED (reads run statement by statement, see
+//! [`PgTx::Read`]); writers serialise per bucket by locking the bucket row
 //! (`SELECT … FOR UPDATE`), so two recorders adding builds to one version see each other's
 //! builds and exactly one of them marks the version complete. Serialization failures,
 //! deadlocks and lost connections are retried.
@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -137,9 +137,15 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(25 * u64::from(attempt))
 }
 
-/// An open PostgreSQL transaction.
-pub(crate) struct PgTx<'c> {
-    tx: deadpool_postgres::Transaction<'c>,
+/// Where a PostgreSQL operation runs.
+pub(crate) enum PgTx<'c> {
+    /// A write transaction (READ COMMITTED; writers lock the bucket row).
+    Write(deadpool_postgres::Transaction<'c>),
+    /// Reads run statement by statement (autocommit): no BEGIN/COMMIT round trips, which
+    /// are a third of a channel lookup's latency. Each statement sees committed data only;
+    /// complete versions never change, so their reads are always consistent, and a version
+    /// being recorded meanwhile may at worst look half-recorded for one request.
+    Read(&'c deadpool_postgres::Client),
 }
 
 impl<'c> PgTx<'c> {
@@ -147,24 +153,58 @@ impl<'c> PgTx<'c> {
         client: &'c mut deadpool_postgres::Client,
         write: bool,
     ) -> Result<PgTx<'c>, RegistryError> {
+        if !write {
+            return Ok(PgTx::Read(client));
+        }
         let tx = client
             .build_transaction()
-            // Writers lock rows and see each other's commits; readers get one snapshot.
-            .isolation_level(if write {
-                tokio_postgres::IsolationLevel::ReadCommitted
-            } else {
-                tokio_postgres::IsolationLevel::RepeatableRead
-            })
-            .read_only(!write)
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
             .start()
             .await
             .map_err(err("beginning a transaction"))?;
-        Ok(PgTx { tx })
+        Ok(PgTx::Write(tx))
     }
 
     pub(crate) async fn commit(self) -> Result<(), RegistryError> {
-        self.tx.commit().await.map_err(err("committing"))
+        match self {
+            PgTx::Write(tx) => tx.commit().await.map_err(err("committing")),
+            PgTx::Read(_) => Ok(()),
+        }
     }
+}
+
+async fn query_on<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[Value<'_>],
+) -> Result<Vec<Row>, RegistryError> {
+    let stmt = c
+        .prepare_cached(sql)
+        .await
+        .map_err(err("preparing a query"))?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let rows = c.query(&stmt, &refs).await.map_err(err("querying"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Row {
+                cells: cells(r)?,
+                backend: "postgres",
+            })
+        })
+        .collect()
+}
+
+async fn execute_on<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[Value<'_>],
+) -> Result<u64, RegistryError> {
+    let stmt = c
+        .prepare_cached(sql)
+        .await
+        .map_err(err("preparing a statement"))?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    c.execute(&stmt, &refs).await.map_err(err("writing"))
 }
 
 impl ToSql for Value<'_> {
@@ -267,36 +307,23 @@ impl Tx for PgTx<'_> {
     }
 
     async fn query(&mut self, sql: &str, params: &[Value<'_>]) -> Result<Vec<Row>, RegistryError> {
-        let stmt = self
-            .tx
-            .prepare_cached(sql)
-            .await
-            .map_err(err("preparing a query"))?;
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = self.tx.query(&stmt, &refs).await.map_err(err("querying"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(Row {
-                    cells: cells(r)?,
-                    backend: "postgres",
-                })
-            })
-            .collect()
+        match self {
+            PgTx::Write(tx) => query_on(tx, sql, params).await,
+            PgTx::Read(c) => query_on(*c, sql, params).await,
+        }
     }
 
     async fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, RegistryError> {
-        let stmt = self
-            .tx
-            .prepare_cached(sql)
-            .await
-            .map_err(err("preparing a statement"))?;
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.tx.execute(&stmt, &refs).await.map_err(err("writing"))
+        match self {
+            PgTx::Write(tx) => execute_on(tx, sql, params).await,
+            PgTx::Read(c) => execute_on(*c, sql, params).await,
+        }
     }
 
     async fn batch(&mut self, sql: &str) -> Result<(), RegistryError> {
-        self.tx.batch_execute(sql).await.map_err(err("migrating"))
+        match self {
+            PgTx::Write(tx) => tx.batch_execute(sql).await.map_err(err("migrating")),
+            PgTx::Read(c) => c.batch_execute(sql).await.map_err(err("migrating")),
+        }
     }
 }

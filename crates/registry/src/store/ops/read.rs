@@ -201,14 +201,15 @@ pub(crate) async fn detail<T: Tx>(
     let rows = tx
         .query(
             "SELECT b.id, b.name, b.status, b.labels, b.error, b.started_at, b.finished_at, \
-             b.recorded_at, p.digest, a.platform, a.region, a.external_id, a.sha256, a.size, a.path \
-             FROM builds b LEFT JOIN provenances p ON p.id = b.provenance_id \
+             b.recorded_at, p.digest, a.platform, a.region, a.external_id, a.sha256, a.size, a.path, \
+             p.document FROM builds b LEFT JOIN provenances p ON p.id = b.provenance_id \
              LEFT JOIN artifacts a ON a.build_id = b.id \
              WHERE b.version_id = $1 ORDER BY b.name, a.id",
             &[id],
         )
         .await?;
     let mut builds: Vec<Build> = Vec::new();
+    let mut provenance: Vec<ProvenanceRecord> = Vec::new();
     let mut last_build = None;
     for r in &rows {
         let build_id = r.int(0)?;
@@ -232,6 +233,27 @@ pub(crate) async fn detail<T: Tx>(
                 artifacts: Vec::new(),
                 provenance_digest: r.opt_text(8)?,
             });
+            let name = r.text(1)?;
+            if let Some(digest) = r.opt_text(8)? {
+                match provenance.iter_mut().find(|p| p.digest == digest) {
+                    Some(p) => p.builds.push(name),
+                    None => {
+                        let document = Provenance::from_json(&r.text(15)?).map_err(|e| {
+                            RegistryError::Storage {
+                                backend: r.backend,
+                                operation: "reading provenance",
+                                message: e.to_string(),
+                                transient: false,
+                            }
+                        })?;
+                        provenance.push(ProvenanceRecord {
+                            digest,
+                            builds: vec![name],
+                            document,
+                        });
+                    }
+                }
+            }
         }
         if r.opt_text(9)?.is_some()
             && let Some(b) = builds.last_mut()
@@ -246,36 +268,6 @@ pub(crate) async fn detail<T: Tx>(
             });
         }
     }
-    let mut provenance = Vec::new();
-    for r in tx
-        .query(
-            "SELECT digest, document FROM provenances WHERE version_id = $1 ORDER BY id",
-            &[id],
-        )
-        .await?
-    {
-        let digest = r.text(0)?;
-        let document = Provenance::from_json(&r.text(1)?).map_err(|e| RegistryError::Storage {
-            backend: r.backend,
-            operation: "reading provenance",
-            message: e.to_string(),
-            transient: false,
-        })?;
-        let used_by = builds
-            .iter()
-            .filter(|b| b.provenance_digest.as_deref() == Some(digest.as_str()))
-            .map(|b| b.name.clone())
-            .collect();
-        provenance.push(ProvenanceRecord {
-            digest,
-            builds: used_by,
-            document,
-        });
-    }
-    let channels = channels_of(tx, &[v.id])
-        .await?
-        .remove(&v.id)
-        .unwrap_or_default();
     let revocation = revocation_of(tx, v.id, now).await?;
     let parents = parent_links(tx, v.id, now)
         .await?
