@@ -25,6 +25,7 @@ mkdir -p "$work"
 pgenv=$("$root/tools/peers/postgres.sh" start 0 "$pgdir")
 eval "$pgenv"   # sets PORT and URL
 out=$work/results.jsonl
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start" >&2
 
 writers() { # LOCATION
   local t0 t1 pids=()
@@ -47,6 +48,7 @@ for backend in sqlite postgres; do
   writers "$loc" "$backend" | tee -a "$out" >&2
 done
 
+echo "load average $(cut -d' ' -f1-3 /proc/loadavg) at the end" >&2
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
