@@ -436,6 +436,10 @@ fn inspect_shows_grants_and_validate_touches_nothing() {
     let p = Project::new();
     p.write("files/x", "x");
     p.write(
+        "keys/id",
+        "validate checks that the key file is there and readable",
+    );
+    p.write(
         "build.rhai",
         r#"let img = var("image", "debian");
 source("box", ssh_host(#{ host: "h.example", ssh: #{ user: "root", private_key_file: "keys/id", host_key: "SHA256:x" } }));

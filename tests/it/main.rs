@@ -1,5 +1,14 @@
 //! kiln's integration tests: one binary, real peers started on 127.0.0.1 by the tests.
 
+// Test fixtures make bytes by truncating counters and pass child pids to kill(2);
+// those casts are the point there, unlike in kiln itself.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+mod capabilities;
 mod cli;
 mod peers;
 mod qemu;

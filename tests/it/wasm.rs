@@ -621,11 +621,7 @@ async fn read_via_absolute_path_is_refused() {
     );
     assert!(msg.contains("refused"), "{msg}");
     assert_eq!(sb.snapshot(), before);
-    assert!(
-        host.denied("read").contains(&target),
-        "{:?}",
-        host.audits()
-    );
+    assert!(host.denied("read").contains(&target), "{:?}", host.audits());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -126,3 +126,45 @@ build("web", #{ sources: ["box"], steps: [ wasm("provisioners/consul_provisioner
         "{s}"
     );
 }
+
+/// The same machine call made from a Rhai closure and from a WASM guest goes through
+/// one facade, so both write the same audit record (capability, object, outcome).
+#[test]
+fn rhai_and_wasm_audit_the_same_call_identically() {
+    let sshd = Sshd::start();
+    let p = Project::new();
+    with_component(&p, "hello_provisioner");
+    let script = r#"
+source("box", ssh_host(#{ host: "127.0.0.1", ssh: {SSH} }));
+build("web", #{ sources: ["box"], steps: [
+    |m| { m.exec("echo same-call"); },
+    wasm("provisioners/hello_provisioner.wasm", #{ command: "echo same-call" }),
+]});
+"#;
+    p.script(&sshd, script);
+    let out = p.kiln(&["build", "."]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let audit = crate::cli::find_audit(p.path());
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["object"] == "exec echo same-call")
+        .collect();
+    assert_eq!(records.len(), 2, "{audit}");
+    let key = |r: &serde_json::Value| {
+        (
+            r["capability"].clone(),
+            r["object"].clone(),
+            r["outcome"].clone(),
+        )
+    };
+    assert_eq!(key(&records[0]), key(&records[1]), "{audit}");
+    assert_eq!(records[0]["outcome"], "ok (exit 0)");
+    assert_eq!(records[0]["step"], "step 1 closure");
+    assert_eq!(records[1]["step"], "step 2 wasm");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["duration_ms"].as_f64().unwrap() > 0.0)
+    );
+}

@@ -93,6 +93,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
+    // A percentile index: in 0..len by construction.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
@@ -140,7 +142,7 @@ async fn http(store: Store, n: usize) -> Result<(), String> {
         .versions("bench", 1, None)
         .await
         .map_err(|e| e.to_string())?;
-    let total = page.version_count.max(1) as usize;
+    let total = usize::try_from(page.version_count.max(1)).unwrap_or(1);
     let server = Server::bind(
         store.clone(),
         "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,

@@ -70,13 +70,13 @@ impl Drop for StartGuard {
 /// SIGTERM to the outer init: it kills pid 1 (and so the namespace) and exits. The child
 /// is not reaped yet, so its pid cannot have been reused.
 fn terminate(child: &Child) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id().cast_signed()) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
 
 fn kill(child: &Child) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id().cast_signed()) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
@@ -249,7 +249,7 @@ impl Container {
         };
         // Later frames for the container itself have nobody to go to.
         drop(first);
-        let pidfd = rustix::process::Pid::from_raw(init_pid as i32)
+        let pidfd = rustix::process::Pid::from_raw(init_pid.cast_signed())
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
             // SAFETY: an OwnedFd keeps its descriptor open and the same for its whole life.
             .and_then(|fd| unsafe { AsyncFd::register(fd) }.ok());
@@ -457,7 +457,7 @@ fn big_socket_buffer(s: &std::os::unix::net::UnixStream) {
                 libc::SOL_SOCKET,
                 opt,
                 (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
             )
         };
         if r == 0 {

@@ -306,7 +306,7 @@ impl Container {
                         return Err(too_large());
                     }
                     // Within the caller's own limit, so at most what it agreed to hold.
-                    buf.reserve(size.min(max_bytes) as usize);
+                    buf.reserve(usize::try_from(size.min(max_bytes)).unwrap_or(0));
                 }
                 Incoming::Stdout(d) => {
                     if (buf.len() + d.len()) as u64 > max_bytes {

@@ -1,4 +1,10 @@
 //! Running commands: streaming, exit codes, signals, environment, users, cancellation.
+// Test fixtures pass pids to syscalls and make bytes by truncation; fine here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 mod common;
 

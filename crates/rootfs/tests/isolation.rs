@@ -1,5 +1,11 @@
 //! What the container cannot reach: the host's filesystem through symlinks, the host's
 //! network (unless granted), the host's mount table; and what happens when its owner dies.
+// Test fixtures pass pids to syscalls and make bytes by truncation; fine here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 mod common;
 
@@ -89,7 +95,7 @@ async fn nothing_is_mounted_on_the_host() {
     // ...while the host's mount table never sees it, not even while it runs.
     assert_eq!(host_mounts_mentioning(&needle), Vec::<String>::new());
     let mnt = namespace_of(c.host_pid(), "mnt").unwrap();
-    assert_ne!(mnt, namespace_of(std::process::id() as i32, "mnt").unwrap());
+    assert_ne!(mnt, namespace_of(std::process::id().cast_signed(), "mnt").unwrap());
     let members = procs_in("mnt", &mnt);
     assert!(members.len() >= 2, "the outer init and pid 1: {members:?}");
     c.stop().await.unwrap();

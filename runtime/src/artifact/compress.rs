@@ -152,7 +152,7 @@ pub fn compress_blocking(
     match result {
         Ok(size) => {
             tracing::info!(output = %out_path.display(), size, format = format.name(), threads,
-                ms = started.elapsed().as_millis() as u64, "compressed");
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "compressed");
             Ok(Compressed {
                 path: out_path,
                 size,
@@ -230,7 +230,7 @@ fn write_all(
     let file = match format {
         CompressFormat::Tar => write_tar(inputs, out, progress)?,
         CompressFormat::TarGz => {
-            let gz = ParallelGzWriter::new(out, level as u32, threads);
+            let gz = ParallelGzWriter::new(out, level.unsigned_abs(), threads);
             write_tar(inputs, gz, progress)?.finish().map_err(out_err)?
         }
         CompressFormat::TarZst => {
@@ -240,7 +240,7 @@ fn write_all(
                 .map_err(out_err)?
         }
         CompressFormat::Gz => {
-            let mut gz = ParallelGzWriter::new(out, level as u32, threads);
+            let mut gz = ParallelGzWriter::new(out, level.unsigned_abs(), threads);
             copy_file(&inputs[0], &mut gz, progress)?;
             gz.finish().map_err(out_err)?
         }
@@ -262,7 +262,7 @@ fn zstd_writer<W: Write>(
 ) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     let mut enc = zstd::stream::write::Encoder::new(out, level)?;
     if threads > 1 {
-        enc.multithread(threads as u32)?;
+        enc.multithread(u32::try_from(threads).unwrap_or(u32::MAX))?;
     }
     enc.include_checksum(true)?;
     Ok(enc)
@@ -383,7 +383,7 @@ impl<W: Write> ParallelGzWriter<W> {
             let level = if looks_incompressible(&block) {
                 0
             } else {
-                level as i32
+                i32::try_from(level).unwrap_or(9)
             };
             gzip_member(&block, level)
         }));
@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn parallel_gzip_is_one_readable_stream() {
         let data: Vec<u8> = (0..(GZ_BLOCK * 2 + 12345))
-            .map(|i| (i % 251) as u8 ^ (i / 7919) as u8)
+            .map(|i| (i % 251).to_le_bytes()[0] ^ (i / 7919).to_le_bytes()[0])
             .collect();
         let mut w = ParallelGzWriter::new(Vec::new(), 6, 2);
         w.write_all(&data).unwrap();
@@ -527,7 +527,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                (x >> 24) as u8
+                (x >> 24).to_le_bytes()[0]
             })
             .collect()
     }

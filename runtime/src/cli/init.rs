@@ -9,6 +9,8 @@ let host = var("host", "127.0.0.1");
 
 source("box", ssh_host(#{
     host: host,
+    // Keys may live anywhere you grant: a key in ~/.ssh needs
+    // `#{ allow: #{ read: [".", "~/.ssh"] } }` as source()'s third argument.
     ssh: #{ user: "root", private_key_file: "keys/id_ed25519", known_hosts: "keys/known_hosts", port: 22 },
 }));
 
@@ -22,6 +24,9 @@ build("hello", #{
 });
 "#;
 
+/// Keys and kiln's run state never belong in version control.
+const GITIGNORE: &str = "# kiln: private keys, run state and build outputs stay out of version control\nkeys/\n.kiln/\noutput/\noutput-*/\n";
+
 pub fn run(ui: &Ui, dir: &Path) -> u8 {
     let path = dir.join("build.rhai");
     if path.exists() {
@@ -31,6 +36,19 @@ pub fn run(ui: &Ui, dir: &Path) -> u8 {
     if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&path, STARTER)) {
         eprintln!("Error: {}: {e}", path.display());
         return super::EXIT_USAGE;
+    }
+    let ignore = dir.join(".gitignore");
+    let existing = std::fs::read_to_string(&ignore).unwrap_or_default();
+    if !existing.lines().any(|l| l.trim() == "keys/") {
+        let text = if existing.is_empty() || existing.ends_with('\n') {
+            format!("{existing}{GITIGNORE}")
+        } else {
+            format!("{existing}\n{GITIGNORE}")
+        };
+        if let Err(e) = std::fs::write(&ignore, text) {
+            eprintln!("Error: {}: {e}", ignore.display());
+            return super::EXIT_USAGE;
+        }
     }
     ui.plain(&format!(
         "Wrote {}; edit it, then run `kiln validate {}`",

@@ -124,25 +124,9 @@ fn cmd_validate(ui: &Ui, args: &PlanArgs) -> u8 {
         report_error(ui, &e);
         return EXIT_USAGE;
     }
-    // Step files must exist, so a typo fails now rather than mid-build.
-    let mut problems = Vec::new();
-    for b in &plan.builds {
-        for (i, s) in b.steps.iter().enumerate() {
-            let path = match &s.kind {
-                plan::StepKind::ShellScript { path } => Some(path),
-                plan::StepKind::File { src, .. } => Some(src),
-                plan::StepKind::Wasm { path, .. } => Some(path),
-                _ => None,
-            };
-            if let Some(p) = path.filter(|p| plan.project.dir().metadata(p).is_err()) {
-                problems.push(format!(
-                    "build {:?} step {}: {p:?} does not exist in the project",
-                    b.name,
-                    i + 1
-                ));
-            }
-        }
-    }
+    // Files the builders and steps name must exist and be granted, and WASM modules
+    // must import only what their steps hold, so a typo fails now, not mid-build.
+    let problems = crate::runner::validate::check(&program);
     if !problems.is_empty() {
         for p in &problems {
             report_error(ui, p);

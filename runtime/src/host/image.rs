@@ -219,6 +219,8 @@ pub fn parse_size(s: &str) -> Result<u64, ImageError> {
     if !bytes.is_finite() || bytes <= 0.0 || bytes > u64::MAX as f64 {
         return Err(bad());
     }
+    // In range and positive, checked above.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     Ok(bytes.round() as u64)
 }
 
@@ -545,6 +547,8 @@ async fn run_with_progress(
 fn parse_progress(line: &str) -> Option<u64> {
     let inner = line.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
     let pct: f64 = inner.trim().parse().ok()?;
+    // Clamped to 0..=100 first.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     Some(pct.clamp(0.0, 100.0) as u64)
 }
 

@@ -113,6 +113,8 @@ pub struct StepSpec {
     pub kind: StepKind,
     pub options: StepOptions,
     pub grants: Grants,
+    /// `build.rhai:14:9`: where the script declared the step.
+    pub declared_at: String,
 }
 
 impl StepSpec {

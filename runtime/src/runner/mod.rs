@@ -3,6 +3,7 @@
 
 pub mod run;
 pub mod steps;
+pub mod validate;
 pub mod wasm_step;
 
 pub use run::{BuildOutcome, OnError, RunOptions, run_builds, select};

@@ -291,6 +291,8 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
         rt: rt.clone(),
         scope: rt.builder_scope.clone(),
     };
+    // A failure inside the builder's own script also names the user's source() line,
+    // so the user knows which of their declarations to fix.
     let mut artifact: Map = engine
         .call_fn(
             &mut RhaiScope::new(),
@@ -298,7 +300,19 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
             "run",
             (Dynamic::from_map(rt.source.config.clone()), ctx),
         )
-        .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+        .map_err(|e| {
+            let msg = locate(&e, &rt.source.script.to_string());
+            if crate::script::error::as_step_failure(&e).is_some()
+                || matches!(e.as_ref(), rhai::EvalAltResult::ErrorTerminated(..))
+            {
+                msg
+            } else {
+                format!(
+                    "source {:?} ({}) failed in its builder {}: {msg}",
+                    rt.source.name, rt.source.declared_at, rt.source.script
+                )
+            }
+        })?;
     for post in &rt.build.post {
         rt.ui
             .say(&rt.label, &format!("Running post-processor: {}", post.name));

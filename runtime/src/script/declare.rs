@@ -392,13 +392,7 @@ fn declare_source(
             .apply_allow(&allow)
             .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
     }
-    let pos = ctx.call_position();
-    let declared_at = format!(
-        "{}:{}:{}",
-        ctx.call_source().unwrap_or("build.rhai"),
-        pos.line().unwrap_or(0),
-        pos.position().unwrap_or(0)
-    );
+    let declared_at = position(ctx);
     let mut st = lock(decl);
     if st.sources.iter().any(|x| x.name == name) {
         return err_at(ctx, format!("source {name:?} is declared twice"));
@@ -453,7 +447,11 @@ fn declare_build(ctx: &NativeCallContext, decl: &Decl, name: &str, cfg: Map) -> 
             .into_array()
             .map_err(|t| fail(format!("steps must be an array, not {t}")))?;
         for (i, item) in arr.into_iter().enumerate() {
-            steps.push(as_step(item).map_err(|m| fail(format!("steps[{i}]: {m}")))?);
+            let mut step = as_step(item).map_err(|m| fail(format!("steps[{i}]: {m}")))?;
+            if step.declared_at.is_empty() {
+                step.declared_at = position(ctx);
+            }
+            steps.push(step);
         }
     }
     let mut post = Vec::new();
@@ -492,6 +490,8 @@ fn as_step(item: Dynamic) -> Result<StepSpec, String> {
             kind: StepKind::Closure { func },
             options: StepOptions::default(),
             grants: Grants::provisioner_default(),
+            // Filled in from the build() call: a bare closure has no call of its own.
+            declared_at: String::new(),
         });
     }
     let type_name = item.type_name();
@@ -544,7 +544,7 @@ fn step_options(
                     .map_err(|_| "valid_exit_codes must be an array of integers".to_string())?;
                 o.valid_exit_codes = arr
                     .iter()
-                    .map(|x| value::int(x, "valid_exit_codes").map(|n| n as i32))
+                    .map(|x| value::int_in::<i32>(x, "valid_exit_codes", "an exit status"))
                     .collect::<Result<_, _>>()?;
             }
             "env" => {
@@ -592,7 +592,19 @@ fn make_step(
         kind,
         options,
         grants,
+        declared_at: position(ctx),
     })
+}
+
+/// `file:line:col` of the call being made, for messages that point at the script.
+pub fn position(ctx: &NativeCallContext) -> String {
+    let pos = ctx.call_position();
+    format!(
+        "{}:{}:{}",
+        ctx.call_source().unwrap_or("build.rhai"),
+        pos.line().unwrap_or(0),
+        pos.position().unwrap_or(0)
+    )
 }
 
 fn shell_kind(ctx: &NativeCallContext, v: Dynamic) -> RhaiResult<StepKind> {

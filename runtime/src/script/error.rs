@@ -38,10 +38,28 @@ impl fmt::Display for ScriptError {
     }
 }
 
-/// Source texts by file name, so errors can quote the offending line.
+/// Source texts by file name, so errors can quote the offending line, and the names of
+/// the functions scripts can call, so an unknown one gets a "did you mean".
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     files: HashMap<String, String>,
+    functions: Vec<String>,
+}
+
+/// The names of every function registered on `engine` (for suggestions).
+pub fn function_names(engine: &rhai::Engine) -> Vec<String> {
+    let mut names: Vec<String> = engine
+        .gen_fn_signatures(false)
+        .into_iter()
+        .filter_map(|sig| {
+            let name = sig.split(['(', ' ']).next()?.trim();
+            (!name.is_empty() && !name.starts_with("get$") && !name.starts_with("set$"))
+                .then(|| name.to_string())
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 impl Sources {
@@ -49,11 +67,26 @@ impl Sources {
         self.files.insert(name.to_string(), text.to_string());
     }
 
+    /// Adds names a misspelt call may be compared with.
+    pub fn add_functions(&mut self, names: impl IntoIterator<Item = String>) {
+        self.functions.extend(names);
+        self.functions.sort_unstable();
+        self.functions.dedup();
+    }
+
     /// Locates `err` in the innermost script it came from. `default_file` is the file
     /// being evaluated when the error carries no source of its own.
     pub fn locate(&self, err: &EvalAltResult, default_file: &str) -> ScriptError {
         let (inner, file, pos) = innermost(err, default_file);
-        let message = message_of(inner);
+        let mut message = message_of(inner);
+        if let EvalAltResult::ErrorFunctionNotFound(sig, _) = inner {
+            let name = sig.split(['(', ' ']).next().unwrap_or(sig).trim();
+            if let Some(near) =
+                crate::suggest::nearest(name, self.functions.iter().map(String::as_str))
+            {
+                message.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+        }
         let source_line = pos.line().and_then(|l| {
             self.files
                 .get(&file)

@@ -145,10 +145,26 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Prog
             .unwrap_or_else(|p| p.into_inner())
             .locate(e, &script_name)
     };
+    // Everything a build script may call, for "did you mean" on a misspelt one: the
+    // declarations here and the runtime API builders and closures get.
+    {
+        let mut runtime = engine::hardened(engine::Limits::default());
+        super::api::register_runtime(&mut runtime);
+        let mut names = super::error::function_names(&eng);
+        names.extend(super::error::function_names(&runtime));
+        sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_functions(names);
+    }
     let mut ast = eng
         .compile(&text)
         .map_err(|e| LoadError::Script(locate(&e.into())))?;
     ast.set_source(script_name.as_str());
+    sources
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add_functions(ast.iter_functions().map(|f| f.name.to_string()));
     eng.run_ast(&ast)
         .map_err(|e| LoadError::Script(locate(&e)))?;
 

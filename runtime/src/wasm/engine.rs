@@ -150,7 +150,7 @@ impl WasmEngine {
             .map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
         tracing::debug!(
             digest,
-            ms = started.elapsed().as_millis() as u64,
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "compiled WASM component"
         );
         if let Some(d) = &inner.disk

@@ -84,7 +84,7 @@ async fn sqlite_eight_writer_processes_lose_nothing() {
             .versions("par", 100, before.as_deref())
             .await
             .expect("page");
-        assert_eq!(page.version_count, (WRITERS * EACH) as i64);
+        assert_eq!(page.version_count, i64::try_from(WRITERS * EACH).unwrap());
         for v in &page.versions {
             assert!(v.complete, "{} incomplete", v.fingerprint);
             assert!(
@@ -109,7 +109,10 @@ async fn sqlite_eight_writer_processes_lose_nothing() {
         WRITERS * EACH,
         "latest moved once per completed version"
     );
-    assert_eq!(channels.channels[0].serial, (WRITERS * EACH) as i64);
+    assert_eq!(
+        channels.channels[0].serial,
+        i64::try_from(WRITERS * EACH).unwrap()
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,12 @@
 //! SQLite and PostgreSQL, concurrent writer processes, the HTTP server, a real Terraform and
 //! the page in headless Chromium. Every peer is started by the tests (crate feature
 //! `testkit`) and removed afterwards.
+// Test fixtures pass pids to syscalls and make bytes by truncation; fine here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
 
 mod concurrency;
 mod fixtures;

@@ -206,7 +206,8 @@ fn outer_main() -> i32 {
     };
     // Die with kiln. If kiln died before this line, our parent is already someone else.
     if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err()
-        || rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(cfg.host_pid)
+        || rustix::process::getppid().map(|p| p.as_raw_nonzero().get().cast_unsigned())
+            != Some(cfg.host_pid)
     {
         return 1;
     }

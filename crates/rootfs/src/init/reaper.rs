@@ -62,7 +62,7 @@ impl Reaper {
             .lock()
             .map_err(|_| std::io::Error::other("reaper lock poisoned"))?;
         let child = cmd.spawn()?;
-        waiting.insert(child.id() as i32, notify);
+        waiting.insert(child.id().cast_signed(), notify);
         Ok(child)
     }
 

@@ -117,7 +117,7 @@ pub(super) fn exec(
             );
         }
     };
-    let pid = child.id() as i32;
+    let pid = child.id().cast_signed();
     sh.on_cancel(id, Cancel::Group(pid));
     let out = child.stdout.take().map(OwnedFd::from);
     let err = child.stderr.take().map(OwnedFd::from);

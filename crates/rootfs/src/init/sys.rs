@@ -62,8 +62,8 @@ pub(super) fn wait_signal(signals: &[i32], timeout: Option<Duration>) -> io::Res
                 None => libc::sigwaitinfo(&set, std::ptr::null_mut()),
                 Some(t) => {
                     let ts = libc::timespec {
-                        tv_sec: t.as_secs() as libc::time_t,
-                        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+                        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+                        tv_nsec: libc::c_long::from(t.subsec_nanos().cast_signed()),
                     };
                     libc::sigtimedwait(&set, std::ptr::null_mut(), &ts)
                 }
@@ -174,10 +174,10 @@ pub(super) fn loopback_up() -> io::Result<()> {
     unsafe {
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
+            *d = (*s).cast_signed();
         }
         check(libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut ifr) as libc::c_long)?;
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        ifr.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
         check(libc::ioctl(raw, libc::SIOCSIFFLAGS, &ifr) as libc::c_long)?;
     }
     Ok(())

@@ -193,10 +193,16 @@ pub(super) fn register_images(engine: &mut Engine) {
             .map_err(|e| err(&ctx, e))?;
             let mut m = Map::new();
             m.insert("format".into(), info.format.into());
-            m.insert("virtual_size".into(), (info.virtual_size as i64).into());
+            m.insert(
+                "virtual_size".into(),
+                i64::try_from(info.virtual_size).unwrap_or(i64::MAX).into(),
+            );
             m.insert(
                 "actual_size".into(),
-                info.actual_size.map(|s| s as i64).unwrap_or(0).into(),
+                info.actual_size
+                    .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
+                    .unwrap_or(0)
+                    .into(),
             );
             m.insert(
                 "backing_file".into(),

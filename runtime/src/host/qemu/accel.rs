@@ -17,7 +17,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
-use super::{QemuError, qemu_binary, vm::spawn_tied};
+use super::spawn::{opt_escape, spawn_tied};
+use super::{QemuError, qemu_binary};
 
 /// The probe guest (source: kvm_probe.S beside this file).
 const PROBE_BOOT_SECTOR: &[u8; 512] = include_bytes!("kvm_probe.bin");
@@ -147,7 +148,7 @@ async fn kvm_verdict() -> Result<KvmVerdict, QemuError> {
             let started = Instant::now();
             let v = judge_kvm().await?;
             tracing::debug!(usable = v.usable, reason = %v.reason,
-                ms = started.elapsed().as_millis() as u64, "KVM probe");
+                ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "KVM probe");
             store_verdict(&v);
             Ok(v)
         })
@@ -301,11 +302,11 @@ async fn boot_probe() -> Result<Result<u64, String>, QemuError> {
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=floppy,snapshot=on",
-            super::vm::opt_escape(&disk)
+            opt_escape(&disk)
         ))
         .args(["-boot", "a"])
         .arg("-serial")
-        .arg(format!("file:{}", super::vm::opt_escape(&serial)))
+        .arg(format!("file:{}", opt_escape(&serial)))
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -368,7 +369,9 @@ async fn boot_probe() -> Result<Result<u64, String>, QemuError> {
     };
     let err_line = first_error_line(&err_text);
     Ok(match outcome {
-        Some(Ok(status)) if status.code() == Some(PROBE_EXIT_OK) => Ok(elapsed.as_millis() as u64),
+        Some(Ok(status)) if status.code() == Some(PROBE_EXIT_OK) => {
+            Ok(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        }
         Some(Ok(status)) => Err(format!(
             "qemu -accel kvm exited with {status} while booting a test guest: {}",
             err_line.unwrap_or_else(|| "no message".into())

@@ -9,6 +9,7 @@ mod accel;
 pub mod boot_command;
 mod file_disk;
 mod qmp;
+mod spawn;
 mod vm;
 
 pub use accel::{Accel, AccelKind, Accelerator, probe_accelerator};

@@ -147,7 +147,7 @@ pub(crate) async fn versions<T: Tx>(
             })
         })
         .collect::<Result<_, RegistryError>>()?;
-    let next_before = if versions.len() as i64 == limit {
+    let next_before = if i64::try_from(versions.len()).ok() == Some(limit) {
         versions.last().map(|v| v.fingerprint.clone())
     } else {
         None
@@ -381,7 +381,7 @@ pub(crate) async fn ancestry<T: Tx>(
                     next.push((pid, link.parent.clone()));
                 }
                 ancestors.push(AncestorLink {
-                    depth: depth as u32,
+                    depth: u32::try_from(depth).unwrap_or(u32::MAX),
                     child: key.clone(),
                     link,
                 });
