@@ -9,5 +9,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use kiln::host::types::{Error as WitError, ExecOutput as WitExecOutput};
-pub use kiln::host::{log, machine, secrets, types};
+pub use self::kiln::host::types::{Error as WitError, ExecOutput as WitExecOutput};
+pub use self::kiln::host::{log, machine, secrets, types};
