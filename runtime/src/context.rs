@@ -167,6 +167,8 @@ pub struct BuildRt {
     owned: Mutex<std::collections::HashMap<String, CleanupId>>,
     /// Host objects that must live as long as the build (an HTTP server for the guest).
     held: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
+    /// What the builder adds to the step cache's base key (its base image digest, say).
+    cache_base: Mutex<String>,
 }
 
 impl BuildRt {
@@ -210,6 +212,7 @@ impl BuildRt {
                 provisioner,
                 owned: Mutex::new(Default::default()),
                 held: Mutex::new(Vec::new()),
+                cache_base: Mutex::new(String::new()),
             }
         })
     }
@@ -226,6 +229,21 @@ impl BuildRt {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(path.to_string(), id);
+    }
+
+    /// Adds `part` to the base of this build's step cache keys (a builder calls it
+    /// with what its steps start from, e.g. the digest of its base image).
+    pub fn add_step_cache_base(&self, part: &str) {
+        let mut b = self.cache_base.lock().unwrap_or_else(|p| p.into_inner());
+        b.push_str(part);
+        b.push('\n');
+    }
+
+    pub fn step_cache_base(&self) -> String {
+        self.cache_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Keeps `thing` alive until the build ends.

@@ -95,7 +95,10 @@ async fn nothing_is_mounted_on_the_host() {
     // ...while the host's mount table never sees it, not even while it runs.
     assert_eq!(host_mounts_mentioning(&needle), Vec::<String>::new());
     let mnt = namespace_of(c.host_pid(), "mnt").unwrap();
-    assert_ne!(mnt, namespace_of(std::process::id().cast_signed(), "mnt").unwrap());
+    assert_ne!(
+        mnt,
+        namespace_of(std::process::id().cast_signed(), "mnt").unwrap()
+    );
     let members = procs_in("mnt", &mnt);
     assert!(members.len() >= 2, "the outer init and pid 1: {members:?}");
     c.stop().await.unwrap();

@@ -83,6 +83,35 @@ impl MachineError {
     }
 }
 
+/// What the runner tells a backend about one provisioning step.
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    /// 1-based position in the build's step list.
+    pub index: usize,
+    pub total: usize,
+    /// The step as `inspect` shows it (`shell (2 commands)`), for layer history and logs.
+    pub describe: String,
+    /// `shell`, `file`, `closure`, `wasm`.
+    pub kind: &'static str,
+    /// The step's cache key: a digest over the build's base and every step up to and
+    /// including this one as declared (see `runner::stepkey`).
+    pub key: String,
+    /// Whether the step holds the `net` capability (a container backend gives the step
+    /// the network only then).
+    pub network: bool,
+}
+
+/// Whether the runner should run a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepStart {
+    Run,
+    /// The backend already has this step's result (a cached layer, a restored VM):
+    /// the reason is shown to the user.
+    Skip {
+        reason: String,
+    },
+}
+
 /// Receives each line of a command's output as it arrives.
 pub type OnLine<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
 /// Receives the number of bytes moved so far.
@@ -147,4 +176,22 @@ pub trait Machine: Send + Sync {
 
     /// Ends the connection; errors are ignored (the goal is gone either way).
     async fn close(&self);
+
+    /// Whether this backend uses step cache keys ([`StepInfo::key`]). Computing them
+    /// reads every file the steps upload, so backends that cache nothing say no.
+    fn wants_step_keys(&self) -> bool {
+        false
+    }
+
+    /// Called before each provisioning step. A backend that can restore the step's
+    /// result (a cached layer, a VM snapshot) may answer [`StepStart::Skip`].
+    async fn begin_step(&self, _step: &StepInfo) -> Result<StepStart, MachineError> {
+        Ok(StepStart::Run)
+    }
+
+    /// Called after each step that ran, with whether it succeeded. A backend may
+    /// capture the step's result here (commit a layer, snapshot a VM).
+    async fn end_step(&self, _step: &StepInfo, _ok: bool) -> Result<(), MachineError> {
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! unwinds each build's cleanup stack when it fails.
 
 pub mod run;
+pub mod stepkey;
 pub mod steps;
 pub mod validate;
 pub mod wasm_step;

@@ -13,6 +13,7 @@ use crate::caps::machine::MachineCap;
 use crate::caps::machine::rhai::MachineObj;
 use crate::caps::{FsError, Holder};
 use crate::context::{BuildRt, Provision, StepError, check_exit};
+use crate::host::machine::{StepInfo, StepStart};
 use crate::plan::{EnvValue, StepKind, StepSpec};
 use crate::script::Program;
 
@@ -48,6 +49,7 @@ fn run_steps(
         .filter(|(_, s)| s.applies_to(&rt.source.name))
         .collect();
     let total = rt.build.steps.len();
+    let mut key = super::stepkey::base_key(&rt.source, &rt.step_cache_base());
     for (i, step) in steps {
         let n = i + 1;
         let name = format!("step {n}/{total} ({})", step.describe());
@@ -61,6 +63,39 @@ fn run_steps(
             )
             .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
         let cap = machine.for_scope(scope, resolve_env(step));
+        // A key that cannot be computed (a file the step names is missing) matches no
+        // cache entry, and neither does any later one; the step then fails as it runs.
+        key = super::stepkey::step_key(
+            &key,
+            step,
+            &rt.plan.project,
+            cap.scope(),
+            &rt.plan.script_sha256,
+        )
+        .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+        let info = StepInfo {
+            index: n,
+            total,
+            describe: step.describe(),
+            kind: step.kind_name(),
+            key: key.clone(),
+            network: step.grants.holds(&crate::caps::net::SPEC),
+        };
+        match rt.block_on(cap.begin_step(&info))? {
+            Ok(StepStart::Run) => {}
+            Ok(StepStart::Skip { reason }) => {
+                rt.ui.say(&rt.label, &reason);
+                rt.ui.event(
+                    "step-end",
+                    serde_json::json!({
+                        "build": rt.label, "step": n, "kind": step.kind_name(), "attempt": 0,
+                        "ok": true, "cached": true, "seconds": 0.0,
+                    }),
+                );
+                continue;
+            }
+            Err(e) => return Err(format!("{name}: preparing the machine failed: {e}")),
+        }
         if let Some(p) = step.options.pause_before {
             rt.ui.say(
                 &rt.label,
@@ -68,13 +103,38 @@ fn run_steps(
             );
             rt.block_on(tokio::time::sleep(p))?;
         }
-        let attempts = step.options.max_retries + 1;
+        let outcome = run_attempts(rt, program, engine, &cap, step, n, &name);
+        if let Err(e) = rt.block_on(cap.end_step(&info, outcome.is_ok()))? {
+            if outcome.is_ok() {
+                return Err(format!(
+                    "{name}: finishing the step on the machine failed: {e}"
+                ));
+            }
+            tracing::warn!(step = %name, "end of a failed step: {e}");
+        }
+        outcome?;
+    }
+    Ok(())
+}
+
+/// One step with its retries and `expect_disconnect`.
+fn run_attempts(
+    rt: &Arc<BuildRt>,
+    program: &Program,
+    engine: &Engine,
+    cap: &MachineCap,
+    step: &StepSpec,
+    n: usize,
+    name: &str,
+) -> Result<(), String> {
+    let attempts = step.options.max_retries + 1;
+    {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
             let result = {
                 let _guard = rt.begin_step(step.options.timeout);
-                run_one(rt, program, engine, &cap, step)
+                run_one(rt, program, engine, cap, step)
             };
             rt.ui.event(
                 "step-end",

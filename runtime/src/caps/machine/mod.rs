@@ -15,7 +15,8 @@ use super::broker::{Scope, ScopeError};
 use super::grants::Use;
 use super::spec::{CapSpec, Grammar};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, Progress, Stream, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, Progress, StepInfo, StepStart, Stream, UploadPath,
+    Uploaded,
 };
 
 pub static SPEC: CapSpec = CapSpec {
@@ -239,5 +240,18 @@ impl MachineCap {
     /// Closes the connection (not a use of the capability: the build is done with it).
     pub async fn close(&self) {
         self.machine.close().await;
+    }
+
+    pub fn wants_step_keys(&self) -> bool {
+        self.machine.wants_step_keys()
+    }
+
+    /// Step boundaries, from the runner (not uses a step makes, so not audited as such).
+    pub async fn begin_step(&self, step: &StepInfo) -> Result<StepStart, MachineError> {
+        self.machine.begin_step(step).await
+    }
+
+    pub async fn end_step(&self, step: &StepInfo, ok: bool) -> Result<(), MachineError> {
+        self.machine.end_step(step, ok).await
     }
 }

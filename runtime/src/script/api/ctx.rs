@@ -81,6 +81,10 @@ pub(super) fn register(engine: &mut Engine) {
     engine.register_fn("build_time", |c: &mut Ctx| c.rt.started.unix_timestamp());
     engine.register_fn("now", |_: &mut Ctx| crate::caps::now_rfc3339_pub());
 
+    // What the build's steps start from, for their cache keys (see runner::stepkey).
+    engine.register_fn("step_cache_base", |c: &mut Ctx, part: &str| {
+        c.rt.add_step_cache_base(part)
+    });
     engine.register_fn("say", |c: &mut Ctx, msg: &str| {
         c.rt.ui.say(&c.rt.label, msg)
     });
