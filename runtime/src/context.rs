@@ -14,6 +14,7 @@ use crate::caps::machine::{CallError, MachineCap};
 use crate::caps::{Broker, Denied, Holder, Scope, ScopeError};
 use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::machine::{ExecOutput, MachineError};
+pub use crate::host::qemu::step_cache::{CacheMode, PlannedStep};
 use crate::plan::{BuildSpec, Plan, SourceSpec};
 use crate::ui::Ui;
 use crate::wasm::WasmRuntime;
@@ -86,6 +87,20 @@ pub trait Provision: Send + Sync {
         engine: &rhai::Engine,
         machine: &MachineCap,
     ) -> Result<(), String>;
+
+    /// The build's steps with their cache keys, before any machine exists (a step
+    /// cache looks its longest cached prefix up with them before booting a VM).
+    fn step_keys(&self, rt: &Arc<BuildRt>) -> Vec<PlannedStep>;
+}
+
+/// How a run treats step states and pauses (`--no-cache`, `--debug`, breakpoints),
+/// for the host code of builders.
+#[derive(Debug, Clone, Default)]
+pub struct StepControl {
+    pub cache: CacheMode,
+    /// Step `n` is where the user wants the machine live (the first `breakpoint()`
+    /// when there is a terminal): a cache restores no further than the step before.
+    pub stop_at: Option<usize>,
 }
 
 /// A cancellation token that remembers why it was cancelled.
@@ -169,6 +184,11 @@ pub struct BuildRt {
     held: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
     /// What the builder adds to the step cache's base key (its base image digest, say).
     cache_base: Mutex<String>,
+    control: std::sync::OnceLock<StepControl>,
+    /// Time spent waiting for the user at a pause menu: not build time.
+    paused: Mutex<Duration>,
+    /// The user chose `[a]bort` at a pause menu: keep everything on failure.
+    keep_on_failure: std::sync::atomic::AtomicBool,
 }
 
 impl BuildRt {
@@ -213,6 +233,9 @@ impl BuildRt {
                 owned: Mutex::new(Default::default()),
                 held: Mutex::new(Vec::new()),
                 cache_base: Mutex::new(String::new()),
+                control: std::sync::OnceLock::new(),
+                paused: Mutex::new(Duration::ZERO),
+                keep_on_failure: std::sync::atomic::AtomicBool::new(false),
             }
         })
     }
@@ -244,6 +267,35 @@ impl BuildRt {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Sets how this build treats step states and pauses (once, before it starts).
+    pub fn set_step_control(&self, c: StepControl) {
+        let _ = self.control.set(c);
+    }
+
+    pub fn step_control(&self) -> StepControl {
+        self.control.get().cloned().unwrap_or_default()
+    }
+
+    /// Adds time the build waited for the user (the clock stops at a pause menu).
+    pub fn add_paused(&self, d: Duration) {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) += d;
+    }
+
+    pub fn paused(&self) -> Duration {
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The user asked to keep everything if the build fails (`[a]bort`).
+    pub fn keep_on_failure(&self) {
+        self.keep_on_failure
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn keeps_on_failure(&self) -> bool {
+        self.keep_on_failure
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Keeps `thing` alive until the build ends.

@@ -10,9 +10,12 @@
 
 mod capabilities;
 mod cli;
+mod debug_build;
 mod peers;
 mod qemu;
 mod qemu_build;
+mod resume_build;
 mod ssh;
+mod step_cache_build;
 mod wasm;
 mod wasm_build;

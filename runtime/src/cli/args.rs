@@ -60,6 +60,9 @@ pub enum Command {
     /// WASM provisioner modules.
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// kiln's caches: the step cache (VM states after each build step) and downloads.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print kiln's version.
     Version,
 }
@@ -70,6 +73,18 @@ pub enum ModuleCommand {
     Inspect {
         /// The .wasm component.
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List what is cached: step states (per build and step) and downloads.
+    List,
+    /// Remove cache entries no running build uses.
+    Prune {
+        /// Keep the most recently used entries that fit in this size ("20G", "500M").
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
     },
 }
 
@@ -99,18 +114,36 @@ pub struct BuildArgs {
     /// How many builds run at once (0 = all).
     #[arg(long, short = 'j', default_value_t = 0)]
     pub parallel_builds: usize,
-    /// On failure: clean up what the build made, or keep it for debugging.
+    /// On failure: clean up what the build made, keep it for debugging, or ask
+    /// (retry the step after editing the script, open a shell on the machine, ...).
     #[arg(long, value_enum, default_value_t = OnErrorArg::Cleanup)]
     pub on_error: OnErrorArg,
     /// Overwrite existing outputs instead of refusing.
     #[arg(long)]
     pub force: bool,
+    /// Pause before every step with the --on-error=ask menu plus [n]ext.
+    #[arg(long)]
+    pub debug: bool,
+    /// Do not restore or record step states (the step cache).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Continue the last run's failed or interrupted builds from their last good step.
+    #[arg(long, conflicts_with_all = ["no_cache", "post_only"])]
+    pub resume: bool,
+    /// Only re-run the post-processors, on the artifacts of the last successful run.
+    #[arg(long, conflicts_with_all = ["no_cache", "debug"])]
+    pub post_only: bool,
+    /// Print what each build would do (cached steps, steps to run, resources,
+    /// grants) and touch nothing.
+    #[arg(long, conflicts_with_all = ["resume", "post_only"])]
+    pub dry_run: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnErrorArg {
     Cleanup,
     Abort,
+    Ask,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

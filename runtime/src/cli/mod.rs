@@ -3,6 +3,7 @@
 
 mod args;
 mod init;
+mod step_cache;
 
 use std::io::Write;
 use std::path::Path;
@@ -46,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => cmd_inspect(&ui, &args),
         Command::Init { dir } => init::run(&ui, &dir),
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
+        Command::Cache(c) => step_cache::run(&ui, c),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK
@@ -196,15 +198,21 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         only: args.plan.only.clone(),
         except: args.plan.except.clone(),
         parallel_builds: args.parallel_builds,
         on_error: match args.on_error {
             OnErrorArg::Cleanup => OnError::Cleanup,
             OnErrorArg::Abort => OnError::Abort,
+            OnErrorArg::Ask => OnError::Ask,
         },
         force: args.force,
+        debug: args.debug,
+        cache: step_cache::mode(args.no_cache),
+        resume: None,
+        post_only: args.post_only,
+        reload: Some(reloader(ui, &args.plan)),
     };
     let selected = match crate::runner::select(&program.plan, &opts) {
         Ok(s) => s,
@@ -213,6 +221,59 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    if args.dry_run {
+        let plans = crate::runner::dryrun::plan(&program, &selected, args.no_cache);
+        if ui.mode() == crate::ui::Mode::MachineReadable {
+            ui.event(
+                "dry-run",
+                serde_json::json!({ "builds": crate::runner::dryrun::to_json(&plans) }),
+            );
+        } else {
+            print!(
+                "{}",
+                ui.redactor().redact(&crate::runner::dryrun::render(&plans))
+            );
+        }
+        return EXIT_OK;
+    }
+    if args.resume {
+        let project = program.plan.project.path();
+        let Some(last) = crate::runner::run_history::last_run(project) else {
+            report_error(
+                ui,
+                &format!(
+                    "--resume: no earlier run to continue in {}",
+                    project.display()
+                ),
+            );
+            return EXIT_USAGE;
+        };
+        let open: Vec<&String> = selected
+            .iter()
+            .filter(|n| last.builds.get(*n).is_some_and(|b| b.resumable()))
+            .collect();
+        if open.is_empty() {
+            ui.plain(&format!(
+                "==> Nothing to resume: run {} left no selected build unfinished",
+                last.run
+            ));
+            return EXIT_OK;
+        }
+        for n in open {
+            let b = &last.builds[n];
+            let good = b.steps.last().map(|s| format!("step {}", s.index));
+            ui.say(
+                n,
+                &format!(
+                    "Resuming run {} ({:?}) after its last good step ({})",
+                    last.run,
+                    b.status,
+                    good.as_deref().unwrap_or("none")
+                ),
+            );
+        }
+        opts.resume = Some(Arc::new(last));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -296,6 +357,19 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
     } else {
         EXIT_BUILD_FAILED
     }
+}
+
+/// Re-reads the script the way this run read it (for `[r]etry` at a pause).
+fn reloader(ui: &Ui, args: &PlanArgs) -> crate::runner::pause::Reloader {
+    let path = args.path.clone();
+    let opts = LoadOptions {
+        vars: args.vars.clone(),
+        var_files: args.var_files.clone(),
+    };
+    let redactor = ui.redactor().clone();
+    crate::runner::pause::Reloader(Arc::new(move || {
+        crate::script::load(&path, &opts, &redactor).map_err(|e| e.to_string())
+    }))
 }
 
 fn describe_artifact(a: Option<&serde_json::Value>) -> String {

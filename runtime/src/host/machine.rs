@@ -112,6 +112,24 @@ pub enum StepStart {
     },
 }
 
+/// What the user's terminal sends to an interactive shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TermInput {
+    Data(Vec<u8>),
+    Resize { cols: u32, rows: u32 },
+}
+
+/// The user's terminal, lent to an interactive shell on the machine (`--on-error=ask`,
+/// `[s]hell`): keys come in on `input` until it closes, output goes to `output`.
+pub struct Terminal {
+    /// `$TERM`.
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+    pub input: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<TermInput>>,
+    pub output: Box<dyn Fn(&[u8]) + Send + Sync>,
+}
+
 /// Receives each line of a command's output as it arrives.
 pub type OnLine<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
 /// Receives the number of bytes moved so far.
@@ -176,6 +194,29 @@ pub trait Machine: Send + Sync {
 
     /// Ends the connection; errors are ignored (the goal is gone either way).
     async fn close(&self);
+
+    /// The SSH host key fingerprint the connection verified, if it is an SSH one.
+    async fn host_key(&self) -> Option<String> {
+        None
+    }
+
+    /// An interactive shell on the machine in the user's terminal; returns its exit
+    /// status when the machine reports one.
+    async fn interactive_shell(&self, _term: &Terminal) -> Result<Option<u32>, MachineError> {
+        Err(MachineError::Failed(format!(
+            "{}: this machine offers no interactive shell",
+            self.target()
+        )))
+    }
+
+    /// The command a user would type to log in by hand (`ssh -i ... -p ... user@host`).
+    fn login_command(&self) -> Option<String> {
+        None
+    }
+
+    /// The rest of this build must not be captured by a step cache (a step was
+    /// retried or skipped by hand, so later states are not what the steps declare).
+    async fn step_cache_off(&self, _why: &str) {}
 
     /// Whether this backend uses step cache keys ([`StepInfo::key`]). Computing them
     /// reads every file the steps upload, so backends that cache nothing say no.

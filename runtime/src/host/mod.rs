@@ -6,3 +6,4 @@ pub mod image;
 pub mod machine;
 pub mod qemu;
 pub mod ssh;
+pub mod vm_cache;

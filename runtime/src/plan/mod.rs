@@ -84,6 +84,9 @@ pub enum StepKind {
     Closure { func: rhai::FnPtr },
     /// A WebAssembly component provisioner.
     Wasm { path: String, config_json: String },
+    /// `breakpoint(note)`: pauses the build here with the pause menu (on a terminal).
+    /// It changes nothing on the machine, so it does not change any cache key.
+    Breakpoint { note: String },
 }
 
 /// A value for a step's `env`: plain, or a secret resolved when the step runs.
@@ -126,6 +129,8 @@ impl StepSpec {
             StepKind::File { src, dest } => format!("file {src} => {dest}"),
             StepKind::Closure { func } => format!("closure {}", func.fn_name()),
             StepKind::Wasm { path, .. } => format!("wasm {path}"),
+            StepKind::Breakpoint { note } if note.is_empty() => "breakpoint".to_string(),
+            StepKind::Breakpoint { note } => format!("breakpoint ({note})"),
         }
     }
 
@@ -135,6 +140,7 @@ impl StepSpec {
             StepKind::File { .. } => "file",
             StepKind::Closure { .. } => "closure",
             StepKind::Wasm { .. } => "wasm",
+            StepKind::Breakpoint { .. } => "breakpoint",
         }
     }
 

@@ -1,7 +1,10 @@
 //! The runner: runs a plan's builds in parallel, each build's steps in order, and
 //! unwinds each build's cleanup stack when it fails.
 
+pub mod dryrun;
+pub mod pause;
 pub mod run;
+pub mod run_history;
 pub mod stepkey;
 pub mod steps;
 pub mod validate;

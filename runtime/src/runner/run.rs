@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use rhai::{Dynamic, Map, Scope as RhaiScope};
 
-use super::steps::Steps;
+use super::pause::Reloader;
+use super::run_history::{self as record, Recorder, RunRecord, Status};
+use super::steps::{Interaction, Steps};
 use crate::caps::{Broker, Grants, Holder};
 use crate::cleanup::CleanupReport;
-use crate::context::{BuildRt, Cancel};
+use crate::context::{BuildRt, CacheMode, Cancel, StepControl};
 use crate::plan::{Plan, pair_name};
 use crate::script::api::Ctx;
 use crate::script::{Program, declare, engine, resolver::KilnResolver};
@@ -23,6 +25,9 @@ pub enum OnError {
     #[default]
     Cleanup,
     Abort,
+    /// Pause with a menu (retry, shell, continue, abort, clean up); without a
+    /// terminal, as `Cleanup`.
+    Ask,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -33,6 +38,16 @@ pub struct RunOptions {
     pub parallel_builds: usize,
     pub on_error: OnError,
     pub force: bool,
+    /// Pause before every step (`--debug`).
+    pub debug: bool,
+    /// The step cache (`--no-cache`: off).
+    pub cache: CacheMode,
+    /// `--resume`: the earlier run to continue.
+    pub resume: Option<Arc<RunRecord>>,
+    /// `--post-only`: run only the post-processors, on the last success's artifact.
+    pub post_only: bool,
+    /// Re-reads the script, for `[r]etry` at a pause.
+    pub reload: Option<Reloader>,
 }
 
 /// The result of one (build, source) pair.
@@ -107,13 +122,56 @@ pub async fn run_builds(
     let sem = Arc::new(tokio::sync::Semaphore::new(limit));
     let wasm = Arc::new(WasmRuntime::new());
     let plan = program.plan.clone();
+    let interactive = crate::ui::terminal::is_interactive() && ui.mode() == crate::ui::Mode::Human;
+    let pauses = opts.on_error == OnError::Ask || opts.debug || has_breakpoints(&plan, &selected);
+    if pauses && !interactive {
+        ui.plain(
+            "==> No terminal: builds will not pause (--on-error=ask behaves as --on-error=cleanup; --debug and breakpoint() do nothing)",
+        );
+    }
+    let recorder = (!opts.post_only).then(|| {
+        Arc::new(Recorder::new(
+            plan.project.path(),
+            broker.run_id(),
+            &plan.script_name,
+            record::last_run(plan.project.path()),
+        ))
+    });
     let steps = Arc::new(Steps {
         program: program.clone(),
+        interaction: Arc::new(Interaction {
+            on_error_ask: opts.on_error == OnError::Ask,
+            debug: opts.debug,
+            pauser: interactive.then(super::pause::Pauser::default),
+            reload: opts.reload.as_ref().map(|r| r.0.clone()),
+        }),
+        record: recorder.clone(),
+        resume: opts.resume.clone(),
     });
     let mut tasks = Vec::new();
+    let mut done_before = Vec::new();
     for (b, s) in plan.pairs() {
         let name = pair_name(b, s);
         if !selected.contains(&name) {
+            continue;
+        }
+        // --resume: a build the earlier run finished stands as it is.
+        if let Some(r) = &opts.resume
+            && r.builds.get(&name).is_some_and(|b| !b.resumable())
+        {
+            ui.say(
+                &name,
+                &format!("Finished in run {}; nothing to resume", r.run),
+            );
+            let artifact = record::last_success(plan.project.path(), &name).map(|s| s.artifact);
+            done_before.push(BuildOutcome {
+                name,
+                artifact,
+                error: None,
+                cleaned: vec![],
+                kept: vec![],
+                seconds: 0.0,
+            });
             continue;
         }
         let rt = BuildRt::new(
@@ -127,15 +185,21 @@ pub async fn run_builds(
             wasm.clone(),
             steps.clone(),
         );
+        rt.set_step_control(StepControl {
+            cache: opts.cache,
+            stop_at: interactive.then(|| first_breakpoint(b, &s.name)).flatten(),
+        });
         let sem = sem.clone();
         let on_error = opts.on_error;
         let program = program.clone();
+        let recorder = recorder.clone();
+        let post_only = opts.post_only;
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            run_one(rt, program, on_error).await
+            run_one(rt, program, on_error, recorder, post_only).await
         }));
     }
-    let mut out = Vec::new();
+    let mut out = done_before;
     for t in tasks {
         match t.await {
             Ok(o) => out.push(o),
@@ -152,7 +216,30 @@ pub async fn run_builds(
     out
 }
 
-async fn run_one(rt: Arc<BuildRt>, program: Arc<Program>, on_error: OnError) -> BuildOutcome {
+/// Whether a selected build has a `breakpoint()` step.
+fn has_breakpoints(plan: &Plan, selected: &[String]) -> bool {
+    plan.pairs()
+        .iter()
+        .any(|(b, s)| selected.contains(&pair_name(b, s)) && first_breakpoint(b, &s.name).is_some())
+}
+
+/// The 1-based index of the build's first breakpoint for `source`.
+fn first_breakpoint(b: &crate::plan::BuildSpec, source: &str) -> Option<usize> {
+    b.steps
+        .iter()
+        .position(|s| {
+            matches!(s.kind, crate::plan::StepKind::Breakpoint { .. }) && s.applies_to(source)
+        })
+        .map(|i| i + 1)
+}
+
+async fn run_one(
+    rt: Arc<BuildRt>,
+    program: Arc<Program>,
+    on_error: OnError,
+    recorder: Option<Arc<Recorder>>,
+    post_only: bool,
+) -> BuildOutcome {
     let started = Instant::now();
     let label = rt.label.clone();
     if let Some(reason) = rt.cancel.reason() {
@@ -171,15 +258,34 @@ async fn run_one(rt: Arc<BuildRt>, program: Arc<Program>, on_error: OnError) -> 
     );
     rt.ui
         .event("build-start", serde_json::json!({ "build": label }));
+    if let Some(r) = &recorder {
+        r.build_started(&label);
+    }
     let worker = rt.clone();
-    let result = tokio::task::spawn_blocking(move || run_script(&worker, &program))
+    let result = tokio::task::spawn_blocking(move || run_script(&worker, &program, post_only))
         .await
         .unwrap_or_else(|e| Err(format!("internal error: {e}")));
-    let seconds = started.elapsed().as_secs_f64();
+    // Time at a pause menu is the user's, not the build's.
+    let seconds = started.elapsed().saturating_sub(rt.paused()).as_secs_f64();
     let (artifact, error) = match result {
-        Ok(a) => (Some(a), None),
+        Ok((builder_artifact, a)) => {
+            if let Some(r) = &recorder {
+                r.success(&label, &builder_artifact, &a);
+            }
+            (Some(a), None)
+        }
         Err(e) => (None, Some(e)),
     };
+    let keep = on_error == OnError::Abort || rt.keeps_on_failure();
+    if let Some(r) = &recorder {
+        let status = match &error {
+            None => Status::Ok,
+            Some(_) if keep => Status::Aborted,
+            Some(_) if rt.cancel.is_cancelled() => Status::Interrupted,
+            Some(_) => Status::Failed,
+        };
+        r.build_finished(&label, status, error.as_deref());
+    }
     let mut cleaned = Vec::new();
     let mut kept = Vec::new();
     if let Some(e) = &error {
@@ -187,16 +293,20 @@ async fn run_one(rt: Arc<BuildRt>, program: Arc<Program>, on_error: OnError) -> 
             &label,
             &format!("Build '{label}' errored after {}: {e}", fmt_secs(seconds)),
         );
-        if on_error == OnError::Abort {
+        if keep {
             kept = rt.cleanup.keep_all();
             if !kept.is_empty() {
-                rt.ui.say(
-                    &label,
-                    "Keeping resources for debugging (--on-error=abort):",
-                );
+                rt.ui.say(&label, "Keeping resources for debugging:");
                 for k in &kept {
                     rt.ui.message(&label, &format!("kept: {k}"));
                 }
+                rt.ui.message(
+                    &label,
+                    &format!(
+                        "remove them with `kiln cleanup --run {}`; `kiln build --resume` continues from the last good step",
+                        rt.broker.run_id()
+                    ),
+                );
             }
         } else if !rt.cleanup.is_empty() {
             rt.ui.say(&label, "Cleaning up...");
@@ -258,7 +368,12 @@ pub fn fmt_secs(s: f64) -> String {
 
 /// The Rhai part of one build: the builder's `run(cfg, ctx)`, then each
 /// post-processor's `run(cfg, artifact, ctx)`. Runs on a blocking thread.
-fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value, String> {
+/// Returns the builder's artifact and the last post-processor's.
+fn run_script(
+    rt: &Arc<BuildRt>,
+    program: &Program,
+    post_only: bool,
+) -> Result<(serde_json::Value, serde_json::Value), String> {
     let engine = build_engine(rt, program);
     let library = program.library.clone();
     let locate = |e: &rhai::EvalAltResult, file: &str| -> String {
@@ -287,13 +402,27 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
     let ast = library
         .ast(&engine, &rt.source.script)
         .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+    if post_only {
+        let artifact = last_builder_artifact(rt)?;
+        let builder = crate::script::value::to_json(&Dynamic::from_map(artifact.clone()))?;
+        let last = run_post(rt, &engine, &library, artifact, &locate)?;
+        return Ok((builder, last));
+    }
+    // The builder's step cache inputs (its base image) start the steps' cache keys.
+    if rt.step_control().cache != CacheMode::Off
+        && let Some(decl) = super::stepkey::cache_decl(&engine, &ast, &rt.source.config)?
+    {
+        let part =
+            super::stepkey::input_digests(&rt.plan.project, &rt.builder_scope, &decl.inputs, true)?;
+        rt.add_step_cache_base(&part);
+    }
     let ctx = Ctx {
         rt: rt.clone(),
         scope: rt.builder_scope.clone(),
     };
     // A failure inside the builder's own script also names the user's source() line,
     // so the user knows which of their declarations to fix.
-    let mut artifact: Map = engine
+    let artifact: Map = engine
         .call_fn(
             &mut RhaiScope::new(),
             &ast,
@@ -313,11 +442,55 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
                 )
             }
         })?;
+    let builder = crate::script::value::to_json(&Dynamic::from_map(artifact.clone()))?;
+    let last = run_post(rt, &engine, &library, artifact, &locate)?;
+    Ok((builder, last))
+}
+
+/// The builder's artifact of this build's last success (`--post-only`), with its files
+/// still there.
+fn last_builder_artifact(rt: &BuildRt) -> Result<Map, String> {
+    let s = record::last_success(rt.plan.project.path(), &rt.label).ok_or_else(|| {
+        format!(
+            "--post-only: {} has no successful run to take the artifact from; build it first",
+            rt.label
+        )
+    })?;
+    rt.ui.say(
+        &rt.label,
+        &format!(
+            "Post-processing the artifact of run {} ({})",
+            s.run, s.finished
+        ),
+    );
+    if let Some(files) = s.builder_artifact["files"].as_array() {
+        for f in files.iter().filter_map(|f| f.as_str()) {
+            if !rt.plan.project.path().join(f).exists() {
+                return Err(format!(
+                    "--post-only: {f}, a file of the artifact of run {}, is gone; rebuild",
+                    s.run
+                ));
+            }
+        }
+    }
+    crate::script::value::from_json(&s.builder_artifact)
+        .try_cast::<Map>()
+        .ok_or_else(|| "--post-only: the recorded artifact is not a map".to_string())
+}
+
+/// Runs the build's post-processors in order on `artifact`.
+fn run_post(
+    rt: &Arc<BuildRt>,
+    engine: &rhai::Engine,
+    library: &crate::script::library::Library,
+    mut artifact: Map,
+    locate: &dyn Fn(&rhai::EvalAltResult, &str) -> String,
+) -> Result<serde_json::Value, String> {
     for post in &rt.build.post {
         rt.ui
             .say(&rt.label, &format!("Running post-processor: {}", post.name));
         let ast = library
-            .ast(&engine, &post.script)
+            .ast(engine, &post.script)
             .map_err(|e| locate(&e, &post.script.to_string()))?;
         let scope = rt
             .broker

@@ -40,6 +40,11 @@ pub fn step_key(
     scope: &Scope,
     script_sha256: &str,
 ) -> Result<String, String> {
+    // A breakpoint changes nothing on the machine: adding or removing one must not
+    // invalidate the steps after it.
+    if matches!(step.kind, StepKind::Breakpoint { .. }) {
+        return Ok(prev.to_string());
+    }
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\0");
@@ -81,6 +86,7 @@ pub fn step_key(
             h.update(b"\0");
             h.update(config_json.as_bytes());
         }
+        StepKind::Breakpoint { .. } => {}
     }
     h.update(b"\0");
     let o = &step.options;
@@ -103,6 +109,115 @@ pub fn step_key(
             .as_bytes(),
     );
     Ok(hex::encode(h.finalize()))
+}
+
+/// The keys of a build's steps for `source` (those that apply, breakpoints left out),
+/// as `(1-based index, key)`, chained from `base`. The runner computes the same keys
+/// step by step as it goes (`step_key`), so a restore and the steps agree.
+pub fn chain(
+    project: &Project,
+    broker: &std::sync::Arc<crate::caps::Broker>,
+    label: &str,
+    source: &SourceSpec,
+    steps: &[StepSpec],
+    base: &str,
+    script_sha256: &str,
+) -> Vec<(usize, String)> {
+    let mut key = base.to_string();
+    let mut out = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        if !step.applies_to(&source.name) {
+            continue;
+        }
+        let scope = broker.scope(
+            label,
+            &format!("step {} {}", i + 1, step.kind_name()),
+            crate::caps::Holder::Step,
+            step.grants.clone(),
+        );
+        key = step_key(&key, step, project, &scope, script_sha256)
+            .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+        if !matches!(step.kind, StepKind::Breakpoint { .. }) {
+            out.push((i + 1, key.clone()));
+        }
+    }
+    out
+}
+
+/// What a builder says about its step cache in `fn step_cache(cfg)`: the store it uses
+/// and the input files (base images) whose digests start the key chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDecl {
+    pub store: String,
+    pub inputs: Vec<String>,
+}
+
+/// Calls the builder's `step_cache(cfg)`, if it has one.
+pub fn cache_decl(
+    engine: &rhai::Engine,
+    ast: &rhai::AST,
+    config: &rhai::Map,
+) -> Result<Option<CacheDecl>, String> {
+    if !ast.iter_functions().any(|f| f.name == "step_cache") {
+        return Ok(None);
+    }
+    let m: rhai::Map = engine
+        .call_fn(
+            &mut rhai::Scope::new(),
+            ast,
+            "step_cache",
+            (rhai::Dynamic::from_map(config.clone()),),
+        )
+        .map_err(|e| format!("step_cache(cfg) failed: {e}"))?;
+    let store = m
+        .get("store")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "vm".into());
+    let inputs = m
+        .get("inputs")
+        .and_then(|v| v.clone().into_array().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !v.is_unit())
+        .map(|v| v.to_string())
+        .collect();
+    Ok(Some(CacheDecl { store, inputs }))
+}
+
+/// The base-key part for a builder's cache inputs: one `input <name> sha256:<hex>` line
+/// each. Big files are hashed once per change (see `vm_cache::digests`); `remember`
+/// is false for a dry run, which writes nothing. A URL (not a local file) counts by
+/// its text.
+pub fn input_digests(
+    project: &Project,
+    scope: &Scope,
+    inputs: &[String],
+    remember: bool,
+) -> Result<String, String> {
+    let memo = crate::cache_dir().map(|d| d.join("steps").join("digests.json"));
+    if remember
+        && let Some(m) = &memo
+        && let Some(parent) = m.parent()
+    {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let mut out = String::new();
+    for input in inputs {
+        if input.contains("://") {
+            out.push_str(&format!("input {input} url\n"));
+            continue;
+        }
+        let path = crate::caps::fs::expand_home(input);
+        let file = project.open_read(scope, &path).map_err(|e| e.to_string())?;
+        let abs = std::fs::canonicalize(project.path().join(&path))
+            .unwrap_or_else(|_| project.path().join(&path));
+        let mut std_file = file.into_std();
+        let sha =
+            crate::host::vm_cache::digests::sha256(&mut std_file, &abs, memo.as_deref(), remember)
+                .map_err(|e| format!("{input}: {e}"))?;
+        out.push_str(&format!("input {input} sha256:{sha}\n"));
+    }
+    Ok(out)
 }
 
 /// SHA-256 of a project file, or of a directory tree (names, modes, contents and

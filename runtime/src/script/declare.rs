@@ -678,6 +678,24 @@ fn register_steps(engine: &mut Engine) {
             wasm(&ctx, path, config, Some(opts))
         },
     );
+    // A pause with the menu of --on-error=ask (Packer's breakpoint provisioner).
+    let breakpoint = |ctx: &NativeCallContext, note: &str| {
+        make_step(
+            ctx,
+            StepKind::Breakpoint {
+                note: note.to_string(),
+            },
+            None,
+            &[],
+            Grants::provisioner_default(),
+        )
+    };
+    engine.register_fn("breakpoint", move |ctx: NativeCallContext| {
+        breakpoint(&ctx, "")
+    });
+    engine.register_fn("breakpoint", move |ctx: NativeCallContext, note: &str| {
+        breakpoint(&ctx, note)
+    });
     engine.register_fn(
         "step",
         |ctx: NativeCallContext, func: FnPtr, opts: Map| -> RhaiResult<StepSpec> {

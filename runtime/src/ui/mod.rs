@@ -3,6 +3,7 @@
 //! Logs (`KILN_LOG=debug`) are separate: they go through `tracing` to stderr.
 
 mod redact;
+pub mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};

@@ -15,8 +15,8 @@ use super::broker::{Scope, ScopeError};
 use super::grants::Use;
 use super::spec::{CapSpec, Grammar};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, Progress, StepInfo, StepStart, Stream, UploadPath,
-    Uploaded,
+    ExecOutput, Facts, Machine, MachineError, Progress, StepInfo, StepStart, Stream, Terminal,
+    UploadPath, Uploaded,
 };
 
 pub static SPEC: CapSpec = CapSpec {
@@ -240,6 +240,36 @@ impl MachineCap {
     /// Closes the connection (not a use of the capability: the build is done with it).
     pub async fn close(&self) {
         self.machine.close().await;
+    }
+
+    /// The user's own shell on the machine (the pause menu's `[s]hell`): checked and
+    /// audited like any command, with its exit status as the outcome.
+    pub async fn interactive_shell(&self, term: &Terminal) -> Result<Option<u32>, CallError> {
+        self.scope
+            .run_with(
+                &Self::use_(),
+                "interactive shell",
+                self.machine.interactive_shell(term),
+                |s| match s {
+                    Some(code) => format!("ok (exit {code})"),
+                    None => "ok".to_string(),
+                },
+            )
+            .await
+    }
+
+    /// `ssh -i ... -p ... user@host` for the same machine, when it is reached over SSH.
+    pub fn login_command(&self) -> Option<String> {
+        self.machine.login_command()
+    }
+
+    pub async fn host_key(&self) -> Option<String> {
+        self.machine.host_key().await
+    }
+
+    /// No step cache captures the rest of this build (see [`Machine::step_cache_off`]).
+    pub async fn step_cache_off(&self, why: &str) {
+        self.machine.step_cache_off(why).await
     }
 
     pub fn wants_step_keys(&self) -> bool {

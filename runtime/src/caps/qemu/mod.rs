@@ -4,6 +4,7 @@
 //! [`run`] is the facade every VM and image primitive goes through: checked, timed and
 //! audited as one `qemu` line naming the operation.
 
+pub mod cache_rhai;
 pub mod rhai;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ impl super::Capability for Cap {
     }
     fn register_rhai(&self, engine: &mut ::rhai::Engine) {
         rhai::register(engine);
+        cache_rhai::register(engine);
     }
 }
 

@@ -315,6 +315,7 @@ const VM_KEYS: &[&str] = &[
     "http_port",
     "disk_interface",
     "net_device",
+    "step_cache",
 ];
 
 pub(super) fn register_vm(engine: &mut Engine) {
@@ -386,14 +387,35 @@ pub(super) fn register_vm(engine: &mut Engine) {
                         .push(value::string_list(&a, "qemuargs").map_err(|m| err(&ctx, m))?);
                 }
             }
-            let vm = block(
-                &ctx,
-                &c.rt,
-                super::run(&c.scope, "start qemu", qemu::start(vm, &c.rt.cleanup)),
-            )?
-            .map_err(|e| err(&ctx, e))?;
+            let cache =
+                super::cache_rhai::cache_of(&spec, "step_cache").map_err(|m| err(&ctx, m))?;
+            let vm = match cache {
+                // From the cached state when there is one (see host::qemu::step_cache).
+                Some(cache) => {
+                    let cleanup = c.rt.cleanup.clone();
+                    let starter = cache.clone();
+                    let vm = block(
+                        &ctx,
+                        &c.rt,
+                        super::run(&c.scope, "start qemu", async move {
+                            starter.start(vm, &cleanup).await
+                        }),
+                    )?
+                    .map_err(|e| err(&ctx, e))?;
+                    super::cache_rhai::say_restore(&c.rt, &cache);
+                    vm
+                }
+                None => Arc::new(
+                    block(
+                        &ctx,
+                        &c.rt,
+                        super::run(&c.scope, "start qemu", qemu::start(vm, &c.rt.cleanup)),
+                    )?
+                    .map_err(|e| err(&ctx, e))?,
+                ),
+            };
             Ok(VmObj {
-                vm: Arc::new(vm),
+                vm,
                 rt: c.rt.clone(),
                 scope: c.scope.clone(),
             })

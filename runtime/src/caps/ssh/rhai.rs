@@ -19,7 +19,7 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
     let err = |m: String| runtime_err(m, ctx.call_position());
     value::check_keys(
         &opts,
-        &["trust_on_first_use", "port", "vm"],
+        &["trust_on_first_use", "port", "vm", "step_cache"],
         "connect options",
     )
     .map_err(err)?;
@@ -53,6 +53,17 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         }
         None => None,
     };
+    let cache = qemu::cache_rhai::cache_of(&opts, "step_cache").map_err(err)?;
+    let mut cfg = cfg;
+    let mut tofu = tofu;
+    // A VM restored from its saved memory must be the machine that was saved.
+    if let Some(key) = cache
+        .as_ref()
+        .and_then(|c| qemu::cache_rhai::pinned_host_key(c))
+    {
+        cfg.host_key = Some(key);
+        tofu = false;
+    }
     let copts = ConnectOptions {
         trust_on_first_use: tofu,
         port_override,
@@ -73,10 +84,19 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
             Ok(())
         },
     );
+    let machine: Arc<dyn Machine> = match &cache {
+        Some(cache) => block(
+            ctx,
+            &c.rt,
+            qemu::cache_rhai::machine_for(cache, Arc::new(m)),
+        )?
+        .map_err(|e| err(format!("after restoring the cached state: {e}")))?,
+        None => Arc::new(m),
+    };
     let ui = c.rt.ui.clone();
     let label = c.rt.label.clone();
     let cap = MachineCap::new(
-        Arc::new(m),
+        machine,
         c.rt.builder_scope.clone(),
         Arc::new(move |s, line| ui.output(&label, s.name(), line)),
     );

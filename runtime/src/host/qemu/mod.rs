@@ -10,6 +10,7 @@ pub mod boot_command;
 mod file_disk;
 mod qmp;
 mod spawn;
+pub mod step_cache;
 mod vm;
 
 pub use accel::{Accel, AccelKind, Accelerator, probe_accelerator};

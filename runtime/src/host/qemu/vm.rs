@@ -25,7 +25,7 @@ const QMP_WAIT: Duration = Duration::from_secs(30);
 const PORT_TRIES: u32 = 8;
 const STDERR_LINES: usize = 40;
 /// Flags kiln needs to control the VM: a user's qemuargs may not replace them.
-const RESERVED_FLAGS: &[&str] = &["-qmp", "-pidfile", "-daemonize"];
+const RESERVED_FLAGS: &[&str] = &["-qmp", "-pidfile", "-daemonize", "-loadvm"];
 
 /// An additional disk (a cloud-init seed disk, a second data disk).
 #[derive(Debug, Clone)]
@@ -87,6 +87,9 @@ pub struct VmSpec {
     pub qemuargs: Vec<Vec<String>>,
     /// Pause after each key of a boot command (Packer's `boot_key_interval`).
     pub boot_key_interval: Duration,
+    /// Start from this internal snapshot of the disk (`-loadvm`): the step cache's
+    /// memory restore (see `step_cache`).
+    pub loadvm: Option<String>,
 }
 
 impl VmSpec {
@@ -114,6 +117,7 @@ impl VmSpec {
             http_port: None,
             qemuargs: Vec::new(),
             boot_key_interval: Duration::from_millis(50),
+            loadvm: None,
         }
     }
 }
@@ -626,6 +630,9 @@ fn build_args(
         format!("unix:{},server=on,wait=off", opt_escape(qmp)),
     ]);
     d.push(vec![s("-pidfile"), pidfile.display().to_string()]);
+    if let Some(tag) = &spec.loadvm {
+        d.push(vec![s("-loadvm"), tag.clone()]);
+    }
     Ok(d)
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::{OnceCell, RwLock};
 
 use super::{ConnectOptions, KeyFiles, Session, SshConfig, SshError};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, Terminal, UploadPath, Uploaded,
 };
 use crate::host::qemu::FileDisk;
 
@@ -212,4 +212,47 @@ impl Machine for SshMachine {
     async fn close(&self) {
         self.inner.session.read().await.close().await;
     }
+
+    async fn host_key(&self) -> Option<String> {
+        Some(self.inner.session.read().await.host_key_fingerprint())
+    }
+
+    async fn interactive_shell(&self, term: &Terminal) -> Result<Option<u32>, MachineError> {
+        Ok(super::pty::interactive_shell(&self.session().await, term).await?)
+    }
+
+    fn login_command(&self) -> Option<String> {
+        Some(login_command(&self.inner.cfg, &self.inner.opts))
+    }
+}
+
+/// The OpenSSH command that reaches the same machine as `cfg`, for a user who wants
+/// their own terminal on it. A machine kiln pinned on first use (a VM it started) has
+/// no known_hosts entry to check against, so the command says so.
+fn login_command(cfg: &SshConfig, opts: &ConnectOptions) -> String {
+    let q = |s: &str| shell_escape::unix::escape(s.into()).into_owned();
+    let mut parts = vec!["ssh".to_string()];
+    if let Some(k) = &cfg.private_key_file {
+        parts.push(format!("-i {}", q(k)));
+    }
+    let port = opts.port_override.or(cfg.port).unwrap_or(22);
+    if port != 22 {
+        parts.push(format!("-p {port}"));
+    }
+    if let Some(kh) = &cfg.known_hosts {
+        parts.push(format!("-o UserKnownHostsFile={}", q(kh)));
+    } else if opts.trust_on_first_use || cfg.host_key.is_some() || cfg.insecure_ignore_host_key {
+        parts.push("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".into());
+    }
+    if let Some(b) = &cfg.bastion {
+        let bp = b.port.map(|p| format!(":{p}")).unwrap_or_default();
+        parts.push(format!("-J {}@{}{bp}", b.user, b.host));
+    }
+    let host = opts
+        .host_override
+        .clone()
+        .or_else(|| cfg.host.clone())
+        .unwrap_or_default();
+    parts.push(format!("{}@{host}", cfg.user));
+    parts.join(" ")
 }

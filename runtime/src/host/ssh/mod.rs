@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod host_key;
 mod machine;
+mod pty;
 mod session;
 mod transfer;
 
