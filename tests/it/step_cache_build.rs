@@ -57,7 +57,7 @@ fn a_rebuild_with_the_last_step_changed_restores_the_cached_vm_without_booting()
 
     p.write(
         "build.rhai",
-        &script(&base, r#"shell("echo v1 > /root/last"),"#),
+        &script(&base, r#"shell(["echo v1 > /root/last"]),"#),
     );
     let first = build(&p);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));

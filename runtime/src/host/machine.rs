@@ -119,6 +119,9 @@ pub enum TermInput {
     Resize { cols: u32, rows: u32 },
 }
 
+/// Where a remote shell's output goes (the user's terminal).
+pub type TermOutput = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// The user's terminal, lent to an interactive shell on the machine (`--on-error=ask`,
 /// `[s]hell`): keys come in on `input` until it closes, output goes to `output`.
 pub struct Terminal {
@@ -127,7 +130,7 @@ pub struct Terminal {
     pub cols: u32,
     pub rows: u32,
     pub input: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<TermInput>>,
-    pub output: Box<dyn Fn(&[u8]) + Send + Sync>,
+    pub output: TermOutput,
 }
 
 /// Receives each line of a command's output as it arrives.

@@ -398,7 +398,7 @@ impl VmCache {
                 broken,
             });
         }
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        out.sort_by_key(|l| std::cmp::Reverse(l.last_used));
         Ok(out)
     }
 
@@ -639,31 +639,32 @@ pub mod digests {
         let sha = hex::encode(h.finalize());
         // Only a file that did not change while it was read is remembered.
         let after = stamp(&file.metadata()?);
-        if remember && after == (dev, ino, size, mtime_ns, ctime_ns) {
-            if let Some(p) = memo_file {
-                memo.files.insert(
-                    name,
-                    Remembered {
-                        dev,
-                        ino,
-                        size,
-                        mtime_ns,
-                        ctime_ns,
-                        sha256: sha.clone(),
-                    },
-                );
-                // A bounded memo: the most recent 256 files.
-                while memo.files.len() > 256 {
-                    let Some(k) = memo.files.keys().next().cloned() else {
-                        break;
-                    };
-                    memo.files.remove(&k);
-                }
-                if let Ok(bytes) = serde_json::to_vec(&memo) {
-                    let tmp = p.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-                    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, p).is_err() {
-                        let _ = std::fs::remove_file(&tmp);
-                    }
+        if remember
+            && after == (dev, ino, size, mtime_ns, ctime_ns)
+            && let Some(p) = memo_file
+        {
+            memo.files.insert(
+                name,
+                Remembered {
+                    dev,
+                    ino,
+                    size,
+                    mtime_ns,
+                    ctime_ns,
+                    sha256: sha.clone(),
+                },
+            );
+            // A bounded memo: the most recent 256 files.
+            while memo.files.len() > 256 {
+                let Some(k) = memo.files.keys().next().cloned() else {
+                    break;
+                };
+                memo.files.remove(&k);
+            }
+            if let Ok(bytes) = serde_json::to_vec(&memo) {
+                let tmp = p.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, p).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
                 }
             }
         }
