@@ -49,6 +49,7 @@ impl Machine for Immediate {
         Ok(Uploaded {
             bytes: 0,
             via: UploadPath::Normal,
+            retried: false,
         })
     }
     async fn upload_tree(

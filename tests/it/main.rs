@@ -10,9 +10,11 @@
 
 mod capabilities;
 mod cli;
+mod faults;
 mod peers;
 mod qemu;
 mod qemu_build;
+mod qemu_faults;
 mod ssh;
 mod wasm;
 mod wasm_build;

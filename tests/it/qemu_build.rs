@@ -237,11 +237,13 @@ build("verify", #{ sources: ["check"], steps: [
     assert_eq!(v("ids"), "deploy\ndeploy\n");
 }
 
+/// A key the image does not know: kiln stops after `handshake_attempts` rejections
+/// (not at a clock's deadline, which a loaded machine's slow boot could reach first and
+/// report as a stalled banner), names authentication as the cause, and leaves nothing.
 #[test]
-fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
+fn a_wrong_key_fails_after_the_handshake_attempts_naming_the_cause_and_leaves_nothing() {
     let _vm = VM_LOCK.blocking_lock();
     let (p, base) = example_project();
-    // A key the image does not know.
     std::fs::remove_file(p.path().join("keys/id_ed25519")).unwrap();
     let keygen = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -249,19 +251,21 @@ fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
         .output()
         .unwrap();
     assert!(keygen.status.success());
-    patch_script(&p, "timeout: \"5m\"", "timeout: \"45s\"");
-    let started = Instant::now();
+    // Generous time to boot; three rejections end it.
+    patch_script(
+        &p,
+        "timeout: \"5m\"",
+        "timeout: \"15m\", handshake_attempts: 3",
+    );
     let args = build_args(&base);
     let out = p.kiln(&args.each_ref().map(String::as_str));
-    let took = started.elapsed();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.to_lowercase().contains("auth"),
+        all.contains("authentication rejected (publickey) 3 times"),
         "the error must name the cause (authentication): {all}"
     );
-    // 45 s of SSH timeout, plus start-up and cleanup; never Packer's 10 minutes.
-    assert!(took < Duration::from_secs(90), "took {took:?}\n{all}");
+    assert!(!all.contains("stalled"), "{all}");
     assert!(all.contains("removed: qemu"), "{all}");
     assert_nothing_left(&p, &all);
 }
@@ -291,7 +295,7 @@ fn sigint_during_provisioning_leaves_nothing_behind() {
         }
         all
     });
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -314,8 +318,9 @@ fn sigint_during_provisioning_leaves_nothing_behind() {
         .read_to_string(&mut stderr)
         .unwrap();
     let all = format!("{stdout}\n{stderr}");
+    // Generous: the point is stopping instead of waiting out the 600 s sleep.
     assert!(
-        t.elapsed() < Duration::from_secs(30),
+        t.elapsed() < Duration::from_secs(150),
         "took {:?} to stop\n{all}",
         t.elapsed()
     );
@@ -342,8 +347,9 @@ fn forcing_kvm_here_fails_fast_with_the_reason() {
         return;
     }
     assert_eq!(out.status.code(), Some(1), "{all}");
+    // Fails instead of booting a guest that never runs (generous for a loaded host).
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(120),
         "took {:?}",
         started.elapsed()
     );

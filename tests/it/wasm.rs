@@ -126,6 +126,7 @@ impl Machine for FakeMachine {
         Ok(Uploaded {
             bytes: buf.len() as u64,
             via: UploadPath::Normal,
+            retried: false,
         })
     }
     async fn upload_tree(
@@ -284,7 +285,8 @@ impl Host {
 
 fn limits() -> WasmLimits {
     WasmLimits {
-        timeout: Duration::from_secs(20),
+        // Generous: only a guest that hangs should hit it on a loaded machine.
+        timeout: Duration::from_secs(120),
         ..WasmLimits::default()
     }
 }
@@ -856,7 +858,8 @@ async fn infinite_loop_is_stopped_at_the_deadline_without_blocking_tokio() {
     });
     let started = Instant::now();
     let lim = WasmLimits {
-        timeout: Duration::from_millis(800),
+        // Long enough for the ticker to tick a few times even on a loaded machine.
+        timeout: Duration::from_secs(3),
         ..WasmLimits::default()
     };
     let err = host

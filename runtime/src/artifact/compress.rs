@@ -42,12 +42,26 @@ pub enum CompressError {
         min: i32,
         max: i32,
     },
+    #[error(
+        "no space left writing {path}: the file system holding {dir} is full. The partial \
+         file was removed; free space there or write the output to a larger file system"
+    )]
+    NoSpace { path: PathBuf, dir: PathBuf },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// A full file system, however deep in a wrapped error it was reported.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+        || e.kind() == io::ErrorKind::StorageFull
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<io::Error>())
+            .is_some_and(is_no_space)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +162,7 @@ pub fn compress_blocking(
         })?;
     let out_path = output.to_path_buf();
     let started = std::time::Instant::now();
-    let result = write_all(format, inputs, file, level, threads, progress);
+    let result = write_all(format, inputs, output, file, level, threads, progress);
     match result {
         Ok(size) => {
             tracing::info!(output = %out_path.display(), size, format = format.name(), threads,
@@ -162,7 +176,18 @@ pub fn compress_blocking(
         Err(e) => {
             cleanup.release(id);
             let _ = std::fs::remove_file(&out_path);
-            Err(e)
+            Err(match e {
+                // Only the output is written, so a full disk is the output's.
+                CompressError::Io { source, .. } if is_no_space(&source) => {
+                    CompressError::NoSpace {
+                        dir: out_path
+                            .parent()
+                            .map_or_else(|| out_path.clone(), Path::to_path_buf),
+                        path: out_path,
+                    }
+                }
+                e => e,
+            })
         }
     }
 }
@@ -216,6 +241,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Compress
 fn write_all(
     format: CompressFormat,
     inputs: &[PathBuf],
+    output: &Path,
     file: File,
     level: i32,
     threads: usize,
@@ -223,8 +249,8 @@ fn write_all(
 ) -> Result<u64, CompressError> {
     let out = BufWriter::with_capacity(1 << 20, file);
     let out_err = |source| CompressError::Io {
-        what: "cannot write the compressed output for",
-        path: inputs[0].clone(),
+        what: "cannot write",
+        path: output.to_path_buf(),
         source,
     };
     let file = match format {

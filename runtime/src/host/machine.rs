@@ -57,6 +57,8 @@ pub enum UploadPath {
 pub struct Uploaded {
     pub bytes: u64,
     pub via: UploadPath,
+    /// The connection dropped during the first attempt and it was made once more.
+    pub retried: bool,
 }
 
 /// `os_id`, `os_version`, `arch`, `kernel`, `hostname`, `user`, ...

@@ -288,9 +288,23 @@ fn run_script(
         // The whole build is stopping: its unwind kills the script.
         Err(_) if rt.cancel.is_cancelled() => {}
         // A step timeout or a lost command: stop the script now, before a retry.
-        Err(_) => {
+        Err(e) => {
             if let Some(r) = rt.handle.block_on(rt.cleanup.undo_now(id)) {
                 tracing::debug!(what = %r.what, error = ?r.error, "stopped remote script");
+                // A lost connection usually takes the way to stop it with it; say so
+                // rather than let the user believe nothing runs there any more. (An
+                // expected disconnect, a reboot, is the script's own doing.)
+                let expected = step.options.expect_disconnect && e.is_disconnect();
+                if let (Some(why), false) = (&r.error, expected) {
+                    rt.ui.warn(
+                        &rt.label,
+                        &format!(
+                            "could not stop {}: {why}; it may still be running on {}",
+                            r.what,
+                            cap.target()
+                        ),
+                    );
+                }
             }
         }
     }

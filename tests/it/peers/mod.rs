@@ -1,2 +1,3 @@
 //! Real peers the tests start and stop themselves.
+pub mod cutter;
 pub mod sshd;

@@ -86,7 +86,7 @@ fn banner_ready(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [0u8; 8];
     matches!(s.read_exact(&mut buf), Ok(()) if buf.starts_with(b"SSH-2.0"))
 }
@@ -184,7 +184,8 @@ impl Sshd {
                 .unwrap_or_else(|e| panic!("sshd peer: cannot start /usr/sbin/sshd: {e}"));
             let started = Instant::now();
             let mut exited = false;
-            while started.elapsed() < Duration::from_secs(10) {
+            // Generous: a loaded machine can take a while to start sshd.
+            while started.elapsed() < Duration::from_secs(90) {
                 if banner_ready(port) {
                     let known_hosts_path = d.join("known_hosts");
                     let mut parts = pubkey.split_whitespace();
@@ -247,6 +248,11 @@ impl Sshd {
     /// returns stdout; panics with stderr if it fails.
     pub fn run(&self, cmd: &str) -> String {
         run_checked(Command::new("sh").arg("-c").arg(cmd), cmd)
+    }
+
+    /// The pid of the listening sshd (its per-connection processes are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The sshd log so far (useful in assertion messages).

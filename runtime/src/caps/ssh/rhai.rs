@@ -19,7 +19,7 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
     let err = |m: String| runtime_err(m, ctx.call_position());
     value::check_keys(
         &opts,
-        &["trust_on_first_use", "port", "vm"],
+        &["trust_on_first_use", "port", "vm", "file_disk"],
         "connect options",
     )
     .map_err(err)?;
@@ -42,20 +42,30 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         Some(p) => Some(value::int_in::<u16>(p, "port", "1-65535").map_err(err)?),
         None => None,
     };
-    // The VM this machine runs in, for uploads through a hot-plugged disk.
-    let file_disk = match opts.get("vm").filter(|v| !v.is_unit()) {
-        Some(v) => {
-            let vm = v
-                .clone()
+    // The VM this machine runs in: its exit is named when it cuts the connection, and
+    // (unless `file_disk: false`) large uploads go through a hot-plugged disk.
+    let vm = match opts.get("vm").filter(|v| !v.is_unit()) {
+        Some(v) => Some(
+            v.clone()
                 .try_cast::<qemu::rhai::VmObj>()
-                .ok_or_else(|| err("`vm` must be the VM from ctx.qemu_start".into()))?;
-            Some(Arc::new(crate::host::qemu::FileDisk::new(vm.vm.clone())))
-        }
+                .ok_or_else(|| err("`vm` must be the VM from ctx.qemu_start".into()))?
+                .vm
+                .clone(),
+        ),
         None => None,
     };
+    let use_file_disk = match opts.get("file_disk") {
+        Some(v) => value::bool(v, "file_disk").map_err(err)?,
+        None => true,
+    };
+    let file_disk = vm
+        .as_ref()
+        .filter(|_| use_file_disk)
+        .map(|vm| Arc::new(crate::host::qemu::FileDisk::new(vm.clone())));
     let copts = ConnectOptions {
         trust_on_first_use: tofu,
         port_override,
+        vm,
         ..ConnectOptions::default()
     };
     let project = c.rt.plan.project.clone();

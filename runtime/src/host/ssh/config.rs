@@ -102,6 +102,9 @@ pub struct ConnectOptions {
     pub host_override: Option<String>,
     /// Overrides `SshConfig::port` (e.g. a forwarded port picked by the qemu builder).
     pub port_override: Option<u16>,
+    /// The VM the machine runs in, when kiln started it: its exit ends the wait for SSH
+    /// at once, and a dropped connection is reported as qemu's exit when that is why.
+    pub vm: Option<std::sync::Arc<crate::host::qemu::Vm>>,
 }
 
 /// The texts of the files a connection reads (private keys, known_hosts), by the path

@@ -116,6 +116,10 @@ pub enum SshError {
     #[error("connection to {target} lost: {detail}")]
     Disconnected { target: String, detail: String },
 
+    /// The machine itself went away (the VM's qemu exited), not just the connection.
+    #[error("{target} is gone: {reason}")]
+    MachineGone { target: String, reason: String },
+
     #[error("{what} failed on {target}: {detail}")]
     Protocol {
         target: String,

@@ -11,6 +11,7 @@ mod error;
 mod host_key;
 mod machine;
 mod session;
+mod staged;
 mod transfer;
 
 pub use config::{
@@ -19,5 +20,5 @@ pub use config::{
 };
 pub use error::SshError;
 pub use machine::SshMachine;
-pub(crate) use session::quote_path;
 pub use session::{ExecOutput, Session, Stream};
+pub(crate) use staged::{store_script, token as upload_token};
