@@ -11,6 +11,7 @@
 mod capabilities;
 mod cli;
 mod faults;
+mod openstack;
 mod peers;
 mod qemu;
 mod qemu_build;

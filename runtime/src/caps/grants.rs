@@ -257,6 +257,14 @@ impl Grants {
         Ok(())
     }
 
+    /// `other`'s grants over these: each capability `other` holds replaces this one's
+    /// (a post-processor's declared grants over its defaults).
+    pub fn extend(&mut self, other: &Grants) {
+        for (k, v) in &other.values {
+            self.values.insert(k, v.clone());
+        }
+    }
+
     /// True if `u` is covered by these grants. Paths are matched by component here only
     /// to pick a root; the file itself is then opened through cap-std under that root,
     /// which is what actually confines it (see [`super::Project`]).

@@ -23,6 +23,7 @@ pub mod fs;
 pub mod machine;
 pub mod net;
 pub mod oci;
+pub mod openstack;
 pub mod qemu;
 pub mod secrets;
 pub mod ssh;
@@ -58,6 +59,7 @@ pub static TABLE: &[&dyn Capability] = &[
     &qemu::Cap,
     &ec2::Cap,
     &oci::Cap,
+    &openstack::Cap,
 ];
 
 /// The capability whose `allow` key is `key`.

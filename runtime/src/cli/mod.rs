@@ -307,11 +307,17 @@ fn describe_artifact(a: Option<&serde_json::Value>) -> String {
         .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
         .unwrap_or_default();
     let id = a["id"].as_str().unwrap_or("");
-    if files.is_empty() {
+    let mut out = if files.is_empty() {
         format!("{id} (provisioned; no files produced)")
     } else {
         files.join(", ")
+    };
+    // published by openstack_image: where users find it (Packer prints the image id)
+    if let Some(image) = a["openstack"]["id"].as_str() {
+        let at = a["openstack"]["endpoint"].as_str().unwrap_or("Glance");
+        out.push_str(&format!("; Glance image {image} at {at}"));
     }
+    out
 }
 
 /// First SIGINT/SIGTERM cancels every build (which then unwinds its cleanup

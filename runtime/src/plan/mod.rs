@@ -151,6 +151,9 @@ pub struct PostSpec {
     pub name: String,
     pub script: ScriptRef,
     pub config: rhai::Map,
+    /// What it holds beyond reading the project and writing where its inputs and
+    /// outputs are: its script's `grants(cfg)` and the user's `allow`.
+    pub grants: Grants,
 }
 
 /// `build(name, #{ sources, steps, post })`.

@@ -7,6 +7,7 @@ use serde_json::json;
 use rhai::{Array, Dynamic, Map};
 
 use super::{Plan, SecretHandle, StepKind, StepSpec};
+use crate::caps::Grants;
 
 /// Renders a value for `kiln inspect` (secrets shown by name only).
 pub fn render_value(v: &Dynamic) -> String {
@@ -122,6 +123,9 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
         if !b.post.is_empty() {
             let names: Vec<&str> = b.post.iter().map(|p| p.name.as_str()).collect();
             let _ = writeln!(out, "    post-processors: {}", names.join(" -> "));
+            for p in b.post.iter().filter(|p| p.grants != Grants::default()) {
+                let _ = writeln!(out, "      {} also holds: {}", p.name, p.grants.summary());
+            }
         }
     }
     out

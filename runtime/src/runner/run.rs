@@ -325,7 +325,7 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
                 &rt.label,
                 &format!("post-processor {}", post.name),
                 Holder::PostProcessor,
-                post_grants(&artifact, &post.config),
+                post_grants(&artifact, post),
             )
             .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
         let ctx = Ctx {
@@ -355,8 +355,9 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
 }
 
 /// A post-processor may write where the artifact's files are and where its `output`
-/// points, nothing else.
-fn post_grants(artifact: &Map, config: &Map) -> Grants {
+/// points, and hold what it declared (`PostSpec::grants`), nothing else.
+fn post_grants(artifact: &Map, post: &crate::plan::PostSpec) -> Grants {
+    let config = &post.config;
     let mut dirs: Vec<String> = Vec::new();
     let mut add = |p: &str| {
         let d = std::path::Path::new(p)
@@ -381,7 +382,9 @@ fn post_grants(artifact: &Map, config: &Map) -> Grants {
     if let Some(out) = config.get("output").filter(|v| v.is_string()) {
         add(&out.to_string());
     }
-    Grants::for_post_processor(&dirs)
+    let mut g = Grants::for_post_processor(&dirs);
+    g.extend(&post.grants);
+    g
 }
 
 /// The engine one build runs on: hardened, unlimited operations but cancellable,

@@ -743,6 +743,7 @@ fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     }
     let key = match name {
         "checksum" => "types",
+        "openstack_image" => "name",
         _ => "output",
     };
     let mut m = Map::new();
@@ -755,12 +756,65 @@ fn post(
     decl: &Decl,
     name: &str,
     script: ScriptRef,
-    cfg: Map,
+    mut cfg: Map,
 ) -> RhaiResult<PostSpec> {
+    // `allow` is the user's grant, not an option of the post-processor.
+    let allow = cfg.remove("allow");
     let config = validate_config(ctx, decl, name, &script, cfg)?;
+    let grants = post_grants(ctx, decl, &script, &config, allow)?;
     Ok(PostSpec {
         name: name.to_string(),
         script,
         config,
+        grants,
     })
+}
+
+/// What a post-processor holds beyond its defaults: its script's `fn grants(cfg)` (the
+/// `openstack_image` post-processor's holds `qemu` and the cloud its config names),
+/// then the user's `allow` in its options, as for sources.
+fn post_grants(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    script: &ScriptRef,
+    config: &Map,
+    allow: Option<Dynamic>,
+) -> RhaiResult<Grants> {
+    let mut grants = Grants::default();
+    let library = lock(decl).library.clone();
+    let ast = library.ast(ctx.engine(), script)?;
+    if ast.iter_functions().any(|f| f.name == "grants") {
+        let own: Map = ctx
+            .engine()
+            .call_fn(
+                &mut Scope::new(),
+                &ast,
+                "grants",
+                (Dynamic::from_map(config.clone()),),
+            )
+            .map_err(|e| {
+                runtime_err(
+                    format!("{script}: grants(cfg) failed: {e}"),
+                    ctx.call_position(),
+                )
+            })?;
+        grants.apply_allow(&own).map_err(|e| {
+            runtime_err(
+                format!("{script}: grants(cfg) returned {e}"),
+                ctx.call_position(),
+            )
+        })?;
+    }
+    if let Some(allow) = allow {
+        let allow = allow.try_cast::<Map>().ok_or_else(|| {
+            runtime_err(
+                "allow must be a map like #{ openstack: [\"mycloud\"] }",
+                ctx.call_position(),
+            )
+        })?;
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
+    }
+    Ok(grants)
 }

@@ -26,6 +26,10 @@ const FILES: &[(&str, &str)] = &[
         "post/manifest",
         include_str!("../../../scripts/post/manifest.rhai"),
     ),
+    (
+        "post/openstack_image",
+        include_str!("../../../scripts/post/openstack_image.rhai"),
+    ),
 ];
 
 /// The source of an embedded script by module path (`builders/qemu`).
