@@ -185,6 +185,8 @@ impl BuildRt {
         provisioner: Arc<dyn Provision>,
     ) -> Arc<Self> {
         let label = crate::plan::pair_name(&build, &source);
+        // What host code creates for this build is on record in the run's ledger.
+        let cleanup = CleanupStack::with_ledger(broker.ledger().map(|l| l.for_build(&label)));
         Arc::new_cyclic(|me: &std::sync::Weak<BuildRt>| {
             let builder_scope = broker
                 .scope(
@@ -201,7 +203,7 @@ impl BuildRt {
                 plan,
                 ui,
                 broker,
-                cleanup: CleanupStack::new(),
+                cleanup,
                 handle: tokio::runtime::Handle::current(),
                 current: Mutex::new(cancel.clone()),
                 cancel,

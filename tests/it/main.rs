@@ -8,6 +8,7 @@
     clippy::cast_sign_loss
 )]
 
+mod amazon;
 mod capabilities;
 mod cli;
 mod faults;

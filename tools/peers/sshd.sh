@@ -8,6 +8,10 @@
 #                              KNOWN_HOSTS as KEY=value lines (eval-able)
 #   sshd.sh stop DIR           stop the sshd started with DIR (only that pid)
 #
+# MOTO_KEYS=http://127.0.0.1:PORT on start: sshd also accepts the public keys of the EC2 key
+# pairs that moto_server holds (an AuthorizedKeysCommand asking moto's DescribeKeyPairs), as
+# an instance booted from such a key pair would (examples/aws-ami, bench/amazon).
+#
 # The integration tests do not use this script: tests/it/peers/sshd.rs starts its own sshd the
 # same way so every test owns its peer.
 set -euo pipefail
@@ -72,6 +76,20 @@ UseDNS no
 PrintMotd no
 LogLevel VERBOSE
 CFG
+  if [ -n "${MOTO_KEYS:-}" ]; then
+    # sshd checks the program's path (root-owned python3), not the script it is given.
+    cat > "$dir/moto-keys.py" <<PY
+import re, urllib.request
+req = urllib.request.Request("${MOTO_KEYS%/}/", data=b"Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15",
+    headers={"Authorization": "AWS4-HMAC-SHA256 Credential=x/20240101/${MOTO_REGION:-us-east-1}/ec2/aws4_request, SignedHeaders=host, Signature=00",
+             "Content-Type": "application/x-www-form-urlencoded"})
+keys = re.findall(r"<publicKey>([^<]+)</publicKey>", urllib.request.urlopen(req, timeout=30).read().decode())
+open("$dir/moto-keys.calls", "a").write("1\n")   # benchmarks subtract these lookups from moto's request count
+for k in keys:
+    print(k.strip())
+PY
+    printf 'AuthorizedKeysCommand /usr/bin/python3 %s %%u\nAuthorizedKeysCommandUser root\n' "$dir/moto-keys.py" >> "$dir/sshd_config"
+  fi
   /usr/sbin/sshd -t -f "$dir/sshd_config" || die "sshd rejected $dir/sshd_config"
   setsid /usr/sbin/sshd -D -e -f "$dir/sshd_config" </dev/null >"$dir/sshd.log" 2>&1 &
   local pid=$!

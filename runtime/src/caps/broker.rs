@@ -54,14 +54,30 @@ impl Holder {
 pub struct Broker {
     run_id: String,
     audit: AuditLog,
+    ledger: Option<crate::ledger::RunLedger>,
 }
 
 impl Broker {
     pub fn new(run_id: impl Into<String>, audit: AuditLog) -> Arc<Self> {
+        Self::with_ledger(run_id, audit, None)
+    }
+
+    /// A broker whose builds record what they create in the run's resource ledger.
+    pub fn with_ledger(
+        run_id: impl Into<String>,
+        audit: AuditLog,
+        ledger: Option<crate::ledger::RunLedger>,
+    ) -> Arc<Self> {
         Arc::new(Broker {
             run_id: run_id.into(),
             audit,
+            ledger,
         })
+    }
+
+    /// The run's resource ledger, if kiln could open it.
+    pub fn ledger(&self) -> Option<&crate::ledger::RunLedger> {
+        self.ledger.as_ref()
     }
 
     pub fn audit_log(&self) -> &AuditLog {
@@ -232,6 +248,12 @@ impl Scope {
             outcome,
             duration_ms: (duration_ms * 1000.0).round() / 1000.0,
         });
+    }
+
+    /// Audits one use that [`Scope::check`] already allowed, for calls a library makes
+    /// on its own (one line per EC2 API call, reported by the client's observer).
+    pub fn audit(&self, u: &Use, detail: &str, outcome: &str, duration_ms: f64) {
+        self.write(u, detail, outcome, duration_ms);
     }
 
     /// A refusal that the sandbox itself enforced before kiln was asked (a WASI open

@@ -57,6 +57,8 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Remove what earlier runs left behind (cloud resources, temp dirs, remote processes).
+    Cleanup(CleanupArgs),
     /// WASM provisioner modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -105,6 +107,36 @@ pub struct BuildArgs {
     /// Overwrite existing outputs instead of refusing.
     #[arg(long)]
     pub force: bool,
+}
+
+/// `kiln cleanup` (its logic is in `cli/cleanup.rs`).
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// Only this run (its uuid, as the build printed it).
+    #[arg(long, value_name = "RUN_UUID")]
+    pub run: Option<String>,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only runs started longer ago than this ("2h", "30m", "7d").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Also sweep this EC2 region for resources tagged by kiln whose `kiln:expires` has
+    /// passed (runs whose ledger is lost); repeatable. Credentials come from the
+    /// environment or `~/.aws` as for a build.
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// The EC2 endpoint for --region sweeps (moto, LocalStack, a VPC endpoint).
+    #[arg(long, value_name = "URL", requires = "regions")]
+    pub endpoint: Option<String>,
+    /// The AWS profile for --region sweeps.
+    #[arg(long, value_name = "NAME", requires = "regions")]
+    pub profile: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"2h\" or \"30m\" ({e})"))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

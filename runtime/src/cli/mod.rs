@@ -2,6 +2,7 @@
 //! failed (or was interrupted), 2 a usage, script or configuration error.
 
 mod args;
+mod cleanup;
 mod init;
 
 use std::io::Write;
@@ -45,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => cmd_validate(&ui, &args),
         Command::Inspect(args) => cmd_inspect(&ui, &args),
         Command::Init { dir } => init::run(&ui, &dir),
+        Command::Cleanup(args) => cleanup::run(&ui, &args),
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
@@ -247,7 +249,8 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
             return EXIT_BUILD_FAILED;
         }
     };
-    let broker = Broker::new(run_id.clone(), audit);
+    let ledger = cleanup::open_run_ledger(ui, &run_id, plan.project.path());
+    let broker = Broker::with_ledger(run_id.clone(), audit, ledger.clone());
     let cancel = Cancel::new();
     spawn_signal_handler(ui.clone(), cancel.clone());
     ui.event(
@@ -287,6 +290,9 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
         }
     }
     ui.plain(&format!("\nAudit log: {}", audit_path.display()));
+    if let Some(l) = &ledger {
+        cleanup::finish_run_ledger(ui, l);
+    }
     ui.event(
         "run-end",
         serde_json::json!({ "run_uuid": run_id, "ok": failed.is_empty(), "seconds": secs, "audit_log": audit_path }),

@@ -270,8 +270,14 @@ fn run_script(
         "p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -TERM -P $p; kill -TERM $p; }} 2>/dev/null; rm -f {remote} {pidf}"
     );
     let undo_label = format!("stop {remote}");
-    let id = rt.cleanup.push(
+    // On record before it starts: a SIGKILLed kiln leaves it to `kiln cleanup`.
+    let record = rt
+        .cleanup
+        .ledger()
+        .and_then(|l| l.record_remote_process(&cap.target(), &remote));
+    let id = rt.cleanup.push_tracked(
         format!("remote script {remote} (process and file)"),
+        record,
         move || async move {
             killer.exec_quiet(&undo_cmd, &undo_label).await?;
             Ok(())

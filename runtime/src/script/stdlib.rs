@@ -11,6 +11,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../scripts/builders/qemu.rhai"),
     ),
     (
+        "builders/amazon_ebs",
+        include_str!("../../../scripts/builders/amazon_ebs.rhai"),
+    ),
+    (
         "post/compress",
         include_str!("../../../scripts/post/compress.rhai"),
     ),

@@ -24,6 +24,9 @@ pub struct SshdOptions {
     pub extra_key_types: bool,
     /// Allow direct-tcpip (needed when this sshd is a bastion).
     pub allow_tcp_forwarding: bool,
+    /// An `AuthorizedKeysCommand` line (run as root), e.g. one that asks moto for the
+    /// public keys of the key pairs it handed out (tests/it/amazon.rs).
+    pub authorized_keys_command: Option<String>,
 }
 
 impl Default for SshdOptions {
@@ -32,6 +35,7 @@ impl Default for SshdOptions {
             password_auth: false,
             extra_key_types: false,
             allow_tcp_forwarding: true,
+            authorized_keys_command: None,
         }
     }
 }
@@ -168,6 +172,12 @@ impl Sshd {
                 pw = yes_no(opts.password_auth),
                 fwd = yes_no(opts.allow_tcp_forwarding),
             );
+            let mut config = config;
+            if let Some(cmd) = &opts.authorized_keys_command {
+                config.push_str(&format!(
+                    "AuthorizedKeysCommand {cmd}\nAuthorizedKeysCommandUser root\n"
+                ));
+            }
             let config_path = d.join("sshd_config");
             std::fs::write(&config_path, config).expect("write sshd_config");
             let log_path = d.join("sshd.log");

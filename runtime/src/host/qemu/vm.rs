@@ -150,8 +150,9 @@ pub struct Vm {
     key_interval: Duration,
     stderr: Arc<Mutex<VecDeque<String>>>,
     qmp_path: PathBuf,
-    // Holds the QMP socket and pidfile; removed when the last holder lets go.
-    _runtime_dir: Arc<tempfile::TempDir>,
+    // Holds the QMP socket and pidfile; removed when the last holder lets go, then
+    // its ledger record is closed (a SIGKILLed kiln leaves it for `kiln cleanup`).
+    _runtime_dir: Arc<(tempfile::TempDir, Option<crate::ledger::PathRecord>)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -335,18 +336,20 @@ async fn start_once(
 ) -> Result<Vm, QemuError> {
     // Unix socket paths are limited to 108 bytes, so the socket lives in a short
     // private temp dir rather than beside a possibly long output path.
-    let runtime_dir = Arc::new(
-        tempfile::Builder::new()
-            .prefix("kiln-qemu-")
-            .tempdir()
-            .map_err(|source| QemuError::Io {
-                what: "cannot create a runtime dir in",
-                path: std::env::temp_dir(),
-                source,
-            })?,
-    );
-    let qmp_path = runtime_dir.path().join("qmp.sock");
-    let pidfile = runtime_dir.path().join("qemu.pid");
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-qemu-")
+        .tempdir()
+        .map_err(|source| QemuError::Io {
+            what: "cannot create a runtime dir in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let record = cleanup
+        .ledger()
+        .and_then(|l| l.record_path(crate::ledger::Kind::QemuRuntimeDir, dir.path()));
+    let runtime_dir = Arc::new((dir, record));
+    let qmp_path = runtime_dir.0.path().join("qmp.sock");
+    let pidfile = runtime_dir.0.path().join("qemu.pid");
     let serial_log = output_dir.join("serial.log");
     let args = build_args(spec, output_dir, port, &qmp_path, &pidfile, &serial_log)?;
 

@@ -114,6 +114,12 @@ impl SshMachine {
         let _ = self.inner.file_disk.set(disk);
     }
 
+    /// The host key the current session verified (`SHA256:...`): what a later
+    /// connection must see again (kiln cleanup reaching the machine after a crash).
+    pub async fn host_key_fingerprint(&self) -> String {
+        self.inner.session.read().await.host_key_fingerprint()
+    }
+
     /// The current session (cheap clone).
     async fn session(&self) -> Session {
         self.inner.session.read().await.clone()
