@@ -13,6 +13,7 @@ mod cli;
 mod peers;
 mod qemu;
 mod qemu_build;
+mod registry;
 mod ssh;
 mod wasm;
 mod wasm_build;

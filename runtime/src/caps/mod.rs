@@ -24,6 +24,7 @@ pub mod machine;
 pub mod net;
 pub mod oci;
 pub mod qemu;
+pub mod registry;
 pub mod secrets;
 pub mod ssh;
 
@@ -58,6 +59,8 @@ pub static TABLE: &[&dyn Capability] = &[
     &qemu::Cap,
     &ec2::Cap,
     &oci::Cap,
+    &registry::Cap,
+    &registry::Metadata,
 ];
 
 /// The capability whose `allow` key is `key`.

@@ -26,6 +26,10 @@ const FILES: &[(&str, &str)] = &[
         "post/manifest",
         include_str!("../../../scripts/post/manifest.rhai"),
     ),
+    (
+        "post/registry",
+        include_str!("../../../scripts/post/registry.rhai"),
+    ),
 ];
 
 /// The source of an embedded script by module path (`builders/qemu`).
