@@ -17,6 +17,7 @@ mod peers;
 mod qemu;
 mod qemu_build;
 mod qemu_faults;
+mod registry;
 mod ssh;
 mod wasm;
 mod wasm_build;

@@ -429,7 +429,7 @@ async fn consul_writes_service_definition_and_uploads_files() {
         .run(
             "consul_provisioner",
             config,
-            r#"#{ machine: true, read: ["files/consul"] }"#,
+            r#"#{ machine: true, metadata: true, read: ["files/consul"] }"#,
             limits(),
         )
         .await
@@ -480,6 +480,44 @@ async fn consul_writes_service_definition_and_uploads_files() {
             && r.starts_with("ok (")),
         "{audits:?}"
     );
+    // The service is reported as build metadata for the registry record, and audited.
+    assert!(
+        audits.contains(&(
+            "metadata".into(),
+            "consul service web:80".into(),
+            "ok".into()
+        )),
+        "{audits:?}"
+    );
+    let notes = host
+        .broker
+        .extension::<kiln::caps::registry::RegistryRun>()
+        .take("web.test");
+    assert_eq!(notes.consul_services.len(), 1);
+    assert_eq!(notes.consul_services[0].name, "web");
+    assert_eq!(notes.consul_services[0].port, Some(80));
+    assert_eq!(notes.consul_services[0].tags, vec!["v1".to_string()]);
+}
+
+/// A step that turns `metadata` off cannot run a guest that reports metadata: the link
+/// is refused before anything runs, naming the grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_without_the_metadata_grant_is_refused_at_link() {
+    let machine = tempfile::tempdir().unwrap();
+    let host = Host::with(None, Some(machine.path()));
+    let err = host
+        .run(
+            "consul_provisioner",
+            serde_json::json!({ "service": "web", "port": 80 }),
+            "#{ machine: true, metadata: false }",
+            limits(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WasmError::Link(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("metadata"), "{msg}");
+    assert!(host.machine.execs.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -504,7 +542,12 @@ async fn consul_rejects_invalid_config_before_touching_the_machine() {
     ] {
         let host = Host::new();
         let err = host
-            .run("consul_provisioner", config, "#{ machine: true }", limits())
+            .run(
+                "consul_provisioner",
+                config,
+                "#{ machine: true, metadata: true }",
+                limits(),
+            )
             .await
             .unwrap_err()
             .to_string();
@@ -530,7 +573,7 @@ async fn consul_upload_outside_read_grant_is_denied() {
             .run(
                 "consul_provisioner",
                 config,
-                r#"#{ machine: true, read: ["granted"] }"#,
+                r#"#{ machine: true, metadata: true, read: ["granted"] }"#,
                 limits(),
             )
             .await,

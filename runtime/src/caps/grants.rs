@@ -211,9 +211,10 @@ impl Grants {
         Grants::of(&[("machine", &[]), ("read", &["."])])
     }
 
-    /// What a WASM step gets by default: the machine, nothing on the host.
+    /// What a WASM step gets by default: the machine, and reporting metadata for the
+    /// build's registry record; nothing on the host.
     pub fn wasm_default() -> Self {
-        Grants::of(&[("machine", &[])])
+        Grants::of(&[("machine", &[]), ("metadata", &[])])
     }
 
     /// What every builder gets before its own `grants(cfg)` and the user's `allow`:

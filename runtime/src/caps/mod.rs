@@ -25,6 +25,7 @@ pub mod net;
 pub mod oci;
 pub mod openstack;
 pub mod qemu;
+pub mod registry;
 pub mod secrets;
 pub mod ssh;
 
@@ -60,6 +61,8 @@ pub static TABLE: &[&dyn Capability] = &[
     &ec2::Cap,
     &oci::Cap,
     &openstack::Cap,
+    &registry::Cap,
+    &registry::Metadata,
 ];
 
 /// The capability whose `allow` key is `key`.

@@ -62,6 +62,12 @@ pub enum Command {
     /// WASM provisioner modules.
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// The artifact registry: list, show, promote, revoke, restore, ancestry.
+    #[command(subcommand)]
+    Artifacts(super::artifacts::ArtifactsCommand),
+    /// Serve the artifact registry (API, Terraform state, web page); manage its tokens.
+    #[command(subcommand)]
+    Registry(super::artifacts::RegistryCommand),
     /// Print kiln's version.
     Version,
 }

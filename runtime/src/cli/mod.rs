@@ -3,6 +3,7 @@
 
 mod args;
 mod cleanup;
+mod artifacts;
 mod init;
 
 use std::io::Write;
@@ -48,12 +49,22 @@ pub fn main() -> ExitCode {
         Command::Init { dir } => init::run(&ui, &dir),
         Command::Cleanup(args) => cleanup::run(&ui, &args),
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
+        Command::Artifacts(cmd) => exit_code(artifacts::run(cmd, cli.global.machine_readable)),
+        Command::Registry(cmd) => exit_code(artifacts::registry(cmd, cli.global.machine_readable)),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK
         }
     };
     ExitCode::from(code)
+}
+
+fn exit_code(o: artifacts::Outcome) -> u8 {
+    match o {
+        artifacts::Outcome::Ok => EXIT_OK,
+        artifacts::Outcome::Failed => EXIT_BUILD_FAILED,
+        artifacts::Outcome::Usage => EXIT_USAGE,
+    }
 }
 
 /// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor.
@@ -258,9 +269,16 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
         serde_json::json!({ "run_uuid": run_id, "builds": selected, "audit_log": audit_path }),
     );
     let started = std::time::Instant::now();
-    let outcomes =
-        crate::runner::run_builds(program, ui.clone(), broker, opts, cancel.clone(), selected)
-            .await;
+    let recorder = crate::runner::registry_record::start(&plan);
+    let outcomes = crate::runner::run_builds(
+        program,
+        ui.clone(),
+        broker.clone(),
+        opts,
+        cancel.clone(),
+        selected,
+    )
+    .await;
 
     let secs = started.elapsed().as_secs_f64();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
@@ -289,6 +307,9 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
             ));
         }
     }
+    let recorded = recorder
+        .finish(&plan, &broker, ui, &outcomes, cancel.is_cancelled())
+        .await;
     ui.plain(&format!("\nAudit log: {}", audit_path.display()));
     if let Some(l) = &ledger {
         cleanup::finish_run_ledger(ui, l);
@@ -297,7 +318,7 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
         "run-end",
         serde_json::json!({ "run_uuid": run_id, "ok": failed.is_empty(), "seconds": secs, "audit_log": audit_path }),
     );
-    if failed.is_empty() && !cancel.is_cancelled() {
+    if failed.is_empty() && recorded && !cancel.is_cancelled() {
         EXIT_OK
     } else {
         EXIT_BUILD_FAILED

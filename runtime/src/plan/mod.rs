@@ -1,6 +1,7 @@
 //! The plan: what a build script declares. Evaluating the script's top level only
 //! fills this in; `kiln validate` and `kiln inspect` stop here and touch nothing.
 
+mod registry_ref;
 mod render;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use crate::caps::{Grants, Project};
 
+pub use registry_ref::{RegistryRef, registry_refs, replace_registry_refs};
 pub use render::{inspect_json, render_inspect, render_value};
 
 /// A secret declared with `secret(name)`: an opaque handle whose value the script

@@ -6,13 +6,16 @@ use serde_json::json;
 
 use rhai::{Array, Dynamic, Map};
 
-use super::{Plan, SecretHandle, StepKind, StepSpec};
+use super::{Plan, RegistryRef, SecretHandle, StepKind, StepSpec};
 use crate::caps::Grants;
 
 /// Renders a value for `kiln inspect` (secrets shown by name only).
 pub fn render_value(v: &Dynamic) -> String {
     if let Some(s) = v.clone().try_cast::<SecretHandle>() {
         return s.to_string();
+    }
+    if let Some(r) = v.clone().try_cast::<RegistryRef>() {
+        return r.to_string();
     }
     if v.is_map() {
         let map = v.clone().cast::<Map>();

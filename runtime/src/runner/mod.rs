@@ -1,6 +1,7 @@
 //! The runner: runs a plan's builds in parallel, each build's steps in order, and
 //! unwinds each build's cleanup stack when it fails.
 
+pub mod registry_record;
 pub mod run;
 pub mod stepkey;
 pub mod steps;

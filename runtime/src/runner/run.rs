@@ -287,6 +287,8 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
     let ast = library
         .ast(&engine, &rt.source.script)
         .map_err(|e| locate(&e, &rt.source.script.to_string()))?;
+    // `registry_artifact(...)` values become the artifacts they name (or fail the build).
+    let config = crate::caps::registry::rhai::resolve_source(rt)?;
     let ctx = Ctx {
         rt: rt.clone(),
         scope: rt.builder_scope.clone(),
@@ -298,7 +300,7 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
             &mut RhaiScope::new(),
             &ast,
             "run",
-            (Dynamic::from_map(rt.source.config.clone()), ctx),
+            (Dynamic::from_map(config), ctx),
         )
         .map_err(|e| {
             let msg = locate(&e, &rt.source.script.to_string());
@@ -325,7 +327,14 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
                 &rt.label,
                 &format!("post-processor {}", post.name),
                 Holder::PostProcessor,
-                post_grants(&artifact, post),
+                own_grants(
+                    &engine,
+                    &ast,
+                    &post.config,
+                    &rt.build.name,
+                    post_grants(&artifact, post),
+                )
+                .map_err(|e| format!("post-processor {}: {e}", post.name))?,
             )
             .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
         let ctx = Ctx {
@@ -385,6 +394,38 @@ fn post_grants(artifact: &Map, post: &crate::plan::PostSpec) -> Grants {
     let mut g = Grants::for_post_processor(&dirs);
     g.extend(&post.grants);
     g
+}
+
+/// Adds what a post-processor's script declares it needs (`fn grants(cfg, build)`, an
+/// allow map; the registry post-processor holds the bucket it records into).
+fn own_grants(
+    engine: &rhai::Engine,
+    ast: &rhai::AST,
+    config: &Map,
+    build: &str,
+    mut grants: Grants,
+) -> Result<Grants, String> {
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "grants" && f.params.len() == 2)
+    {
+        return Ok(grants);
+    }
+    let allow: Map = engine
+        .call_fn(
+            &mut RhaiScope::new(),
+            ast,
+            "grants",
+            (
+                Dynamic::from_map(config.clone()),
+                Dynamic::from(build.to_string()),
+            ),
+        )
+        .map_err(|e| format!("grants(cfg, build) failed: {e}"))?;
+    grants
+        .apply_allow(&allow)
+        .map_err(|e| format!("grants(cfg, build) returned {e}"))?;
+    Ok(grants)
 }
 
 /// The engine one build runs on: hardened, unlimited operations but cancellable,

@@ -1,7 +1,8 @@
 //! The functions a build script calls at its top level: `var`, `secret`, `source`,
 //! `build`, the step constructors (`shell`, `file`, `wasm`, `step`), builder
-//! constructors (`qemu`, `ssh_host`, `builder`) and post-processors (`checksum`,
-//! `manifest`, ...). They only record declarations; nothing touches the outside.
+//! constructors (`qemu`, `ssh_host`, `builder`), post-processors (`checksum`,
+//! `manifest`, ...) and `registry_artifact`. They only record declarations; nothing
+//! touches the outside.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use super::stdlib;
 use super::value;
 use crate::caps::Grants;
 use crate::plan::{
-    BuildSpec, EnvValue, PostSpec, ScriptRef, SecretHandle, SourceSpec, StepKind, StepOptions,
-    StepSpec, VarInfo,
+    BuildSpec, EnvValue, PostSpec, RegistryRef, ScriptRef, SecretHandle, SourceSpec, StepKind,
+    StepOptions, StepSpec, VarInfo,
 };
 use crate::ui::Redactor;
 
@@ -79,11 +80,28 @@ pub fn register(engine: &mut Engine, decl: Decl) {
     engine.register_fn("to_string", |s: &mut SourceDraft| {
         format!("{} source", s.builder)
     });
+    engine.register_type_with_name::<RegistryRef>("RegistryArtifact");
+    engine.register_fn("to_string", |r: &mut RegistryRef| r.to_string());
+    engine.register_fn("to_debug", |r: &mut RegistryRef| r.to_string());
 
     register_vars(engine, decl.clone());
     register_sources(engine, decl.clone());
     register_steps(engine);
     register_post(engine, decl.clone());
+
+    let d = decl.clone();
+    engine.register_fn(
+        "registry_artifact",
+        move |ctx: NativeCallContext, q: Map| -> RhaiResult<RegistryRef> {
+            check_open(&ctx, &d, "registry_artifact")?;
+            registry_artifact(&q)
+                .map(|query| RegistryRef {
+                    query,
+                    declared_at: position(&ctx),
+                })
+                .map_err(|m| runtime_err(format!("registry_artifact: {m}"), ctx.call_position()))
+        },
+    );
 
     let d = decl;
     engine.register_fn(
@@ -381,6 +399,21 @@ fn declare_source(
             )
         })?;
     }
+    // A config that names registry artifacts reads those buckets when the build starts.
+    let mut buckets: Vec<Dynamic> = Vec::new();
+    for (_, r) in crate::plan::registry_refs(&s.config) {
+        let b = Dynamic::from(r.query.bucket.clone());
+        if !buckets.iter().any(|x| x.to_string() == b.to_string()) {
+            buckets.push(b);
+        }
+    }
+    if !buckets.is_empty() {
+        let mut allow = Map::new();
+        allow.insert("registry".into(), Dynamic::from_array(buckets));
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
+    }
     if let Some(allow) = opts.get("allow") {
         let allow = allow.clone().try_cast::<Map>().ok_or_else(|| {
             runtime_err(
@@ -406,6 +439,47 @@ fn declare_source(
         declared_at,
     });
     Ok(())
+}
+
+/// `registry_artifact(#{ bucket, channel, platform, region, build })` as a query,
+/// checked now so a typo fails `kiln validate` (the lookup itself waits for the build).
+fn registry_artifact(q: &Map) -> Result<kiln_registry::ArtifactQuery, String> {
+    use kiln_registry::limits;
+    value::check_keys(
+        q,
+        &["bucket", "channel", "platform", "region", "build"],
+        "registry_artifact",
+    )?;
+    let opt = |key: &str| -> Result<Option<String>, String> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_unit() => Ok(None),
+            Some(v) => value::string(v, key).map(Some),
+        }
+    };
+    let bucket = opt("bucket")?.ok_or("`bucket` is required (the image lineage to read)")?;
+    limits::check_name("bucket", &bucket).map_err(|e| e.to_string())?;
+    let channel = opt("channel")?;
+    if let Some(c) = &channel {
+        limits::check_name("channel", c).map_err(|e| e.to_string())?;
+    }
+    let platform = opt("platform")?
+        .ok_or("`platform` is required: qemu, vagrant, aws, oci or openstack")?
+        .parse::<kiln_registry::Platform>()
+        .map_err(|e| e.to_string())?;
+    let region = opt("region")?.unwrap_or_else(|| "local".into());
+    limits::check_region(&region).map_err(|e| e.to_string())?;
+    let build = opt("build")?;
+    if let Some(b) = &build {
+        limits::check_name("build", b).map_err(|e| e.to_string())?;
+    }
+    Ok(kiln_registry::ArtifactQuery {
+        bucket,
+        channel,
+        platform,
+        region,
+        build,
+    })
 }
 
 fn valid_name(ctx: &NativeCallContext, name: &str, what: &str) -> RhaiResult<()> {
@@ -735,7 +809,8 @@ fn register_post(engine: &mut Engine, decl: Decl) {
     );
 }
 
-/// `checksum("sha256")`, `manifest("out/manifest.json")`, `compress("out/x.tar.gz")`:
+/// `checksum("sha256")`, `manifest("out/manifest.json")`, `compress("out/x.tar.gz")`,
+/// `registry("web")`:
 /// a single non-map argument is the post-processor's main option.
 fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     if v.is_map() {
@@ -744,6 +819,7 @@ fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     let key = match name {
         "checksum" => "types",
         "openstack_image" => "name",
+        "registry" => "bucket",
         _ => "output",
     };
     let mut m = Map::new();
