@@ -10,9 +10,12 @@
 
 mod capabilities;
 mod cli;
+mod fetch;
 mod peers;
 mod qemu;
 mod qemu_build;
+mod secret_file;
 mod ssh;
+mod ssh_credentials;
 mod wasm;
 mod wasm_build;

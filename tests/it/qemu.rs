@@ -92,6 +92,7 @@ async fn connect(vm: &qemu::Vm, key: &Path) -> (Session, Duration) {
         trust_on_first_use: true,
         host_override: Some("127.0.0.1".into()),
         port_override: Some(vm.ssh_port()),
+        ..Default::default()
     };
     let start = Instant::now();
     let files = kiln::host::ssh::KeyFiles::read_beneath(&cfg, &project).expect("key files");

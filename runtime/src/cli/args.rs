@@ -60,6 +60,9 @@ pub enum Command {
     /// WASM provisioner modules.
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// kiln's caches (downloaded inputs): list or prune them.
+    #[command(subcommand)]
+    Cache(super::cache::CacheCommand),
     /// Print kiln's version.
     Version,
 }

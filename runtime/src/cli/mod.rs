@@ -2,6 +2,7 @@
 //! failed (or was interrupted), 2 a usage, script or configuration error.
 
 mod args;
+mod cache;
 mod init;
 
 use std::io::Write;
@@ -46,6 +47,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => cmd_inspect(&ui, &args),
         Command::Init { dir } => init::run(&ui, &dir),
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
+        Command::Cache(c) => cache::run(&ui, &c),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

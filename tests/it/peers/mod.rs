@@ -1,2 +1,3 @@
 //! Real peers the tests start and stop themselves.
+pub mod agent;
 pub mod sshd;
