@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # sshd.sh - a throwaway OpenSSH sshd on 127.0.0.1 for kiln's examples and benchmarks.
 #
-#   sshd.sh install            install openssh-server + openssh-client if missing, create the
-#                              password-test user kilntest (idempotent)
+#   sshd.sh install            install openssh-server + openssh-client (ssh-agent, ssh-add) if
+#                              missing, create the password-test user kilntest, whose password
+#                              the password and PAM keyboard-interactive tests use (idempotent)
 #   sshd.sh start PORT DIR     start sshd on 127.0.0.1:PORT (PORT 0 = pick a free one) with its own
 #                              host key, client key and config in DIR; prints PORT, FINGERPRINT, KEY,
 #                              KNOWN_HOSTS as KEY=value lines (eval-able)
@@ -21,7 +22,9 @@ die() { echo "sshd.sh: $*" >&2; exit 1; }
 install() {
   local missing=()
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  # ssh-agent and ssh-add: the agent-auth tests (tests/it/peers/agent.rs)
   command -v ssh >/dev/null && command -v scp >/dev/null && command -v ssh-keygen >/dev/null \
+    && command -v ssh-agent >/dev/null && command -v ssh-add >/dev/null \
     || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

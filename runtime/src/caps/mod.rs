@@ -43,6 +43,10 @@ pub trait Capability: Sync {
     /// them checks the caller's scope through the facade.
     fn register_rhai(&self, _engine: &mut rhai::Engine) {}
 
+    /// Registers helpers that only compute (parse, never touch anything) on every
+    /// engine, the declaring one too: a builder's `fn grants(cfg)` uses them.
+    fn register_pure(&self, _engine: &mut rhai::Engine) {}
+
     /// The capability's WASM side, if guests can reach it.
     fn wasm(&self) -> Option<&'static dyn crate::wasm::host::Adapter> {
         None

@@ -68,6 +68,9 @@ pub enum Command {
     /// Serve the artifact registry (API, Terraform state, web page); manage its tokens.
     #[command(subcommand)]
     Registry(super::artifacts::RegistryCommand),
+    /// kiln's caches (downloaded inputs): list or prune them.
+    #[command(subcommand)]
+    Cache(super::cache::CacheCommand),
     /// Print kiln's version.
     Version,
 }

@@ -4,6 +4,7 @@
 mod args;
 mod cleanup;
 mod artifacts;
+mod cache;
 mod init;
 
 use std::io::Write;
@@ -51,6 +52,7 @@ pub fn main() -> ExitCode {
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
         Command::Artifacts(cmd) => exit_code(artifacts::run(cmd, cli.global.machine_readable)),
         Command::Registry(cmd) => exit_code(artifacts::registry(cmd, cli.global.machine_readable)),
+        Command::Cache(c) => cache::run(&ui, &c),
         Command::Version => {
             println!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

@@ -13,13 +13,15 @@ use crate::caps::{Grants, Project};
 pub use registry_ref::{RegistryRef, registry_refs, replace_registry_refs};
 pub use render::{inspect_json, render_inspect, render_value};
 
-/// A secret declared with `secret(name)`: an opaque handle whose value the script
-/// cannot print (it is redacted everywhere) and that host code resolves when it
-/// needs it.
+/// A secret declared with `secret(name)` or `secret_file(path)`: an opaque handle
+/// whose value the script cannot print (it is redacted everywhere) and that host code
+/// resolves when it needs it.
 #[derive(Clone)]
 pub struct SecretHandle {
+    /// The environment variable, or the file's path as the script wrote it.
     pub name: String,
     pub(crate) value: Arc<str>,
+    pub(crate) from_file: bool,
 }
 
 impl SecretHandle {
@@ -30,13 +32,17 @@ impl SecretHandle {
 
 impl std::fmt::Debug for SecretHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secret({:?})", self.name)
+        std::fmt::Display::fmt(self, f)
     }
 }
 
 impl std::fmt::Display for SecretHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secret({:?})", self.name)
+        if self.from_file {
+            write!(f, "secret_file({:?})", self.name)
+        } else {
+            write!(f, "secret({:?})", self.name)
+        }
     }
 }
 

@@ -107,6 +107,22 @@ pub async fn run_builds(
     let sem = Arc::new(tokio::sync::Semaphore::new(limit));
     let wasm = Arc::new(WasmRuntime::new());
     let plan = program.plan.clone();
+    // secret_file() read its files while the script was evaluated, before this run's
+    // audit log existed: those reads are its first lines.
+    let script = broker.scope(
+        "script",
+        "the build script",
+        Holder::Step,
+        Grants::default(),
+    );
+    for path in plan.secrets.iter().filter_map(|s| s.strip_prefix("file:")) {
+        script.event(
+            "read",
+            &format!("{path}: secret_file"),
+            "ok (read while the script was evaluated)",
+            0.0,
+        );
+    }
     let steps = Arc::new(Steps {
         program: program.clone(),
     });

@@ -124,13 +124,37 @@ fn check_source(
     let mut keys: Vec<_> = inputs.into_iter().collect();
     keys.sort_by(|a, b| a.0.cmp(&b.0));
     for (option, v) in keys {
-        let Ok(path) = v.into_string() else { continue };
-        // Remote inputs are checked (and granted) when they are fetched.
-        if path.contains("://") {
-            continue;
-        }
-        if let Some(p) = file_problem(program, scope, &path, None, "this source") {
-            problems.push(format!("{at}: source {name:?}: {option}: {p}"));
+        // One path or URL, or a list of them (mirrors).
+        let values: Vec<String> = match v.clone().into_array() {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|x| x.into_string().ok())
+                .collect(),
+            Err(_) => v.into_string().into_iter().collect(),
+        };
+        for path in values {
+            // URLs: their hosts must be granted (`net`); file:// URLs are checked when
+            // they are fetched, through the same read grants as paths.
+            if path.contains("://") {
+                if path.starts_with("file://") {
+                    continue;
+                }
+                match crate::caps::net::fetch::missing_grants(scope, &path) {
+                    Ok(missing) => {
+                        for allow in missing {
+                            problems.push(format!(
+                                "{at}: source {name:?}: {option}: {} needs {allow} in the source's options",
+                                kiln_fetch::redact_url(&path)
+                            ));
+                        }
+                    }
+                    Err(e) => problems.push(format!("{at}: source {name:?}: {option}: {e}")),
+                }
+                continue;
+            }
+            if let Some(p) = file_problem(program, scope, &path, None, "this source") {
+                problems.push(format!("{at}: source {name:?}: {option}: {p}"));
+            }
         }
     }
 }

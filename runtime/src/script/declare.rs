@@ -149,6 +149,20 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
             var(pos, &d, &name, default)
         },
     );
+    let d = decl.clone();
+    engine.register_fn(
+        "secret_file",
+        move |ctx: NativeCallContext, path: &str| -> RhaiResult<SecretHandle> {
+            secret_file(&ctx, &d, path, &Map::new())
+        },
+    );
+    let d = decl.clone();
+    engine.register_fn(
+        "secret_file",
+        move |ctx: NativeCallContext, path: &str, opts: Map| -> RhaiResult<SecretHandle> {
+            secret_file(&ctx, &d, path, &opts)
+        },
+    );
     let d = decl;
     engine.register_fn("secret", move |ctx: NativeCallContext, name: &str| -> RhaiResult<SecretHandle> {
         check_open(&ctx, &d, "secret")?;
@@ -166,8 +180,80 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
         Ok(SecretHandle {
             name: name.to_string(),
             value: value.into(),
+            from_file: false,
         })
     });
+}
+
+/// Largest secret file read: secrets are passwords and tokens, not payloads.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// `secret_file(path[, #{ allow: #{ read: [...] } }])`: the content of a file (a mounted
+/// CI secret) as a secret handle, read now through the project and the script's own
+/// read grant: the project by default, or the directories the `allow` names. One
+/// trailing newline is dropped (`echo pw > file` writes one). The value is registered
+/// with the redactor before the handle exists; the read is audited when the run starts.
+fn secret_file(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    path: &str,
+    opts: &Map,
+) -> RhaiResult<SecretHandle> {
+    check_open(ctx, decl, "secret_file")?;
+    let fail = |m: String| runtime_err(m, ctx.call_position());
+    value::check_keys(opts, &["allow"], "secret_file options").map_err(fail)?;
+    let mut grants = Grants::read_only(".");
+    if let Some(allow) = opts.get("allow") {
+        let allow = allow
+            .clone()
+            .try_cast::<Map>()
+            .ok_or_else(|| fail("allow must be a map like #{ read: [\"/run/secrets\"] }".into()))?;
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let project = lock(decl).library.project().clone();
+    let broker =
+        crate::caps::Broker::new("load", crate::caps::AuditLog::disabled(Redactor::default()));
+    let scope = broker.scope(
+        "script",
+        "the build script",
+        crate::caps::Holder::Step,
+        grants,
+    );
+    let full = crate::caps::fs::expand_home(path);
+    let bytes = project
+        .read_to_vec(&scope, &full, MAX_SECRET_FILE)
+        .map_err(|e| match e {
+            crate::caps::FsError::Denied(d) => fail(format!(
+                "secret_file({path:?}): the file is outside the directories the build script may \
+                 read; grant its directory next to the call: secret_file({path:?}, #{{ {} }})",
+                d.allow
+            )),
+            other => fail(format!("secret_file({path:?}): {other}")),
+        })?;
+    let mut value = String::from_utf8(bytes)
+        .map_err(|_| fail(format!("secret_file({path:?}): the file is not UTF-8 text")))?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(fail(format!("secret_file({path:?}): the file is empty")));
+    }
+    let mut st = lock(decl);
+    st.redactor.add(path, &value);
+    let listed = format!("file:{path}");
+    if !st.secrets.contains(&listed) {
+        st.secrets.push(listed);
+    }
+    Ok(SecretHandle {
+        name: path.to_string(),
+        value: value.into(),
+        from_file: true,
+    })
 }
 
 /// `var(name, default)`: the value from `--var`/`--var-file` converted to the

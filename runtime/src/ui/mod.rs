@@ -250,6 +250,11 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+
+    /// Whether a bar is drawn (a terminal); callers print milestone lines otherwise.
+    pub fn is_visible(&self) -> bool {
+        self.bar.is_some()
+    }
 }
 
 /// `1.5 MiB`, `312 B`: a byte count for humans.

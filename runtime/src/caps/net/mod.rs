@@ -1,9 +1,14 @@
-//! `net`: raw TCP connections from a WASM guest to the hosts granted
-//! (`allow: #{ net: ["api.example.com:443", "10.0.0.5"] }`; no port means any port).
-//! Each grant is parsed once into a host rule; the socket check compares the address
-//! a guest dials with the addresses the granted names resolved to, and the broker
-//! then checks the rule's host and port, so what `kiln validate` accepts is what runs.
+//! `net`: network use, per host (`allow: #{ net: ["api.example.com:443", "10.0.0.5"] }`;
+//! no port means any port): raw TCP connections from a WASM guest, and builders'
+//! downloads of their inputs ([`fetch`]; the qemu builder's `grants(cfg)` holds the
+//! hosts its `iso_url`/`iso_urls`/`disk_image` and checksum URLs name). Each grant is
+//! parsed once into a host rule; the socket check compares the address a guest dials
+//! with the addresses the granted names resolved to, and the broker then checks the
+//! rule's host and port, so what `kiln validate` accepts is what runs.
 
+pub mod fetch;
+pub mod progress;
+pub mod rhai;
 pub mod wasm;
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +19,7 @@ use super::spec::{CapSpec, Grammar};
 
 pub static SPEC: CapSpec = CapSpec {
     key: "net",
-    summary: "open TCP connections to granted hosts (WASM guests)",
+    summary: "open TCP connections to granted hosts (WASM guests) and download builder inputs from them",
     grammar: Grammar::HostPorts,
     wit: &["wasi:sockets/"],
     example: r#"allow: #{ net: ["host:port"] }"#,
@@ -25,6 +30,12 @@ pub struct Cap;
 impl super::Capability for Cap {
     fn spec(&self) -> &'static CapSpec {
         &SPEC
+    }
+    fn register_rhai(&self, engine: &mut ::rhai::Engine) {
+        rhai::register(engine);
+    }
+    fn register_pure(&self, engine: &mut ::rhai::Engine) {
+        rhai::register_pure(engine);
     }
     fn wasm(&self) -> Option<&'static dyn crate::wasm::host::Adapter> {
         Some(&wasm::Adapter)
