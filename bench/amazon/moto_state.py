@@ -3,7 +3,7 @@
 
 Prints what moto holds that a build may leave behind, one "kind count" pair per line and
 a total: live instances, key pairs, security groups other than `default`, this account's
-AMIs and snapshots, and volumes that are not deleted. moto checks no signatures here; a
+AMIs and snapshots (but those of moto's default AMIs), and volumes that are not deleted. moto checks no signatures here; a
 request needs only an Authorization header whose credential scope names the region.
 """
 import re
@@ -29,7 +29,13 @@ def counts(endpoint, region):
     groups = re.findall(r"<groupName>([^<]*)</groupName>", call(endpoint, region, "Action=DescribeSecurityGroups"))
     out["security_groups"] = sum(1 for g in groups if g != "default")
     out["amis"] = len(re.findall(r"<imageId>", call(endpoint, region, "Action=DescribeImages&Owner.1=self")))
-    out["snapshots"] = len(re.findall(r"<snapshotId>", call(endpoint, region, "Action=DescribeSnapshots&Owner.1=self")))
+    # moto's default AMIs (not this account's) are backed by snapshots it lists as "self":
+    # those are not a build's.
+    public = set(re.findall(r"<snapshotId>([^<]+)</snapshotId>", call(endpoint, region, "Action=DescribeImages")))
+    public -= set(re.findall(r"<snapshotId>([^<]+)</snapshotId>",
+                             call(endpoint, region, "Action=DescribeImages&Owner.1=self")))
+    snaps = re.findall(r"<snapshotId>([^<]+)</snapshotId>", call(endpoint, region, "Action=DescribeSnapshots&Owner.1=self"))
+    out["snapshots"] = sum(1 for x in set(snaps) if x not in public)
     vols = re.findall(r"<status>([a-z-]+)</status>", call(endpoint, region, "Action=DescribeVolumes"))
     out["volumes"] = sum(1 for v in vols if v not in ("deleted", "deleting"))
     return out

@@ -38,12 +38,12 @@ echo "On the machine: $(cat /tmp/kiln-aws-ami/motd)"
 echo "Manifest: $here/output/manifest.json"
 echo "What moto holds now (AMIs and snapshots are the artifact; no instance runs, no key pair or group is left):"
 for region in us-east-1 eu-west-1; do
-  for q in "DescribeImages&Owner.1=self:<imageId>" "DescribeSnapshots&Owner.1=self:<snapshotId>" \
+  for q in "DescribeImages&Owner.1=self:<imageId>" "DescribeSnapshots&Owner.1=self&Filter.1.Name=tag-key&Filter.1.Value.1=kiln:run:<snapshotId>" \
            "DescribeInstances&Filter.1.Name=instance-state-name&Filter.1.Value.1=running:<instanceId>" \
            "DescribeKeyPairs:<keyName>"; do
-    action=${q%%:*} tag=${q#*:}
+    action=${q%:*} tag=${q##*:}
     n=$(curl -sf -H "Authorization: AWS4-HMAC-SHA256 Credential=x/20240101/$region/ec2/aws4_request, SignedHeaders=host, Signature=00" \
-          -d "Action=$action&Version=2016-11-15" "$ENDPOINT/" | grep -o "$tag" | wc -l)
+          -d "Action=$action&Version=2016-11-15" "$ENDPOINT/" | { grep -o "$tag" || true; } | wc -l)
     printf '  %-10s %-18s %s\n' "$region" "${action%%&*}" "$n"
   done
 done
