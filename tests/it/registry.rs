@@ -939,7 +939,10 @@ fn run(cfg, ctx) { ctx.artifact(#{ id: ctx.source_name, files: [] }) }
             r#"registry(#{ bucket: "web'; DROP TABLE versions;--" })"#.to_string(),
             "invalid bucket",
         ),
-        (r#"registry("../../etc/passwd")"#.to_string(), "invalid bucket"),
+        (
+            r#"registry("../../etc/passwd")"#.to_string(),
+            "invalid bucket",
+        ),
         (
             format!(r#"registry(#{{ labels: #{{ big: "{huge}" }} }})"#),
             "longer than the limit",
