@@ -913,3 +913,76 @@ build("fleet", #{{
         );
     }
 }
+
+/// Hostile names and labels: SQL text or `../` in a bucket name and a 1 MiB label fail
+/// `kiln validate` at their line, before anything runs; SQL and HTML in label values
+/// and external ids are stored as the text they are; the CLI refuses such names too.
+#[test]
+fn hostile_names_are_refused_and_hostile_text_is_stored_inertly() {
+    let p = Project::new();
+    p.write(
+        "builders/none.rhai",
+        r#"
+fn options() { #{} }
+fn run(cfg, ctx) { ctx.artifact(#{ id: ctx.source_name, files: [] }) }
+"#,
+    );
+    let script = |post: &str| {
+        format!(
+            "source(\"box\", builder(\"builders/none.rhai\", #{{}}));\n\
+             build(\"web\", #{{ sources: [\"box\"], post: [{post}] }});\n"
+        )
+    };
+    let huge = "x".repeat(1 << 20);
+    for (post, says) in [
+        (
+            r#"registry(#{ bucket: "web'; DROP TABLE versions;--" })"#.to_string(),
+            "invalid bucket",
+        ),
+        (
+            r#"registry("../../etc/passwd")"#.to_string(),
+            "invalid bucket",
+        ),
+        (
+            format!(r#"registry(#{{ labels: #{{ big: "{huge}" }} }})"#),
+            "longer than the limit",
+        ),
+    ] {
+        p.write("build.rhai", &script(&post));
+        for cmd in ["validate", "build"] {
+            let o = kiln(&p, &[], &[cmd, "."]);
+            assert_eq!(o.status.code(), Some(2), "{cmd}: {}", text(&o));
+            let msg = text(&o);
+            assert!(
+                msg.contains(says) && msg.contains("build.rhai:2:"),
+                "{cmd}: {}",
+                &msg[..msg.len().min(2000)]
+            );
+        }
+        assert!(!p.path().join(".kiln/registry.db").exists());
+    }
+
+    let sql = "x'); DELETE FROM builds;--<script>alert(1)</script>";
+    p.write(
+        "build.rhai",
+        &script(&format!(
+            r#"registry(#{{ labels: #{{ note: "{sql}" }}, artifacts: [#{{ platform: "aws", region: "us-east-1", external_id: "ami-'; DROP TABLE artifacts;--" }}] }})"#
+        )),
+    );
+    let fp = recorded_fingerprint(&ok(&kiln(&p, &[], &["build", "."])), "web");
+    let v = json(&kiln(&p, &[], &["artifacts", "show", "web", &fp, "--json"]));
+    assert_eq!(v["builds"][0]["labels"]["note"], sql);
+    assert_eq!(
+        v["builds"][0]["artifacts"][0]["external_id"],
+        "ami-'; DROP TABLE artifacts;--"
+    );
+    for bad in ["web'; DROP TABLE buckets;--", "../web", "web/../../x"] {
+        let o = kiln(&p, &[], &["artifacts", "show", bad, "--json"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
+        let e: Value = serde_json::from_slice(&o.stdout).expect("JSON error");
+        assert_eq!(e["error"]["kind"], "invalid_input", "{bad}: {e}");
+    }
+    // Still all there.
+    let buckets = json(&kiln(&p, &[], &["artifacts", "list", "--json"]));
+    assert_eq!(buckets.as_array().map(Vec::len), Some(1), "{buckets}");
+}

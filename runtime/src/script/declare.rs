@@ -568,6 +568,47 @@ fn registry_artifact(q: &Map) -> Result<kiln_registry::ArtifactQuery, String> {
     })
 }
 
+/// The `registry(...)` post-processor's bucket and labels, checked now so a name the
+/// registry would refuse (SQL text, `../`, a 1 MiB label) fails `kiln validate` at its
+/// line instead of the build.
+fn registry_post(cfg: &Map) -> Result<(), String> {
+    use kiln_registry::limits;
+    let text = |v: &Dynamic| -> Option<String> { v.is_string().then(|| v.to_string()) };
+    if let Some(b) = cfg.get("bucket").filter(|v| !v.is_unit()) {
+        let b = text(b).ok_or("registry: `bucket` must be a string")?;
+        limits::check_name("bucket", &b).map_err(|e| format!("registry: {e}"))?;
+    }
+    if let Some(d) = cfg.get("description").filter(|v| !v.is_unit()) {
+        let d = text(d).ok_or("registry: `description` must be a string")?;
+        limits::check_text("description", &d, limits::MAX_DESCRIPTION, true)
+            .map_err(|e| format!("registry: {e}"))?;
+    }
+    if let Some(l) = cfg.get("labels").filter(|v| !v.is_unit()) {
+        let labels = l
+            .clone()
+            .try_cast::<Map>()
+            .ok_or("registry: `labels` must be a map like #{ os: \"debian\" }")?;
+        if labels.len() > limits::MAX_LABELS {
+            return Err(format!(
+                "registry: {} labels, more than the limit of {}",
+                labels.len(),
+                limits::MAX_LABELS
+            ));
+        }
+        for (k, v) in &labels {
+            limits::check_label_key(k).map_err(|e| format!("registry: {e}"))?;
+            limits::check_text(
+                &format!("label {k:?}"),
+                &v.to_string(),
+                limits::MAX_LABEL_VALUE,
+                false,
+            )
+            .map_err(|e| format!("registry: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn valid_name(ctx: &NativeCallContext, name: &str, what: &str) -> RhaiResult<()> {
     let ok = !name.is_empty()
         && name
@@ -923,6 +964,9 @@ fn post(
     // `allow` is the user's grant, not an option of the post-processor.
     let allow = cfg.remove("allow");
     let config = validate_config(ctx, decl, name, &script, cfg)?;
+    if script == ScriptRef::Embedded(crate::caps::registry::POST_PROCESSOR.into()) {
+        registry_post(&config).map_err(|m| runtime_err(m, ctx.call_position()))?;
+    }
     let grants = post_grants(ctx, decl, &script, &config, allow)?;
     Ok(PostSpec {
         name: name.to_string(),

@@ -33,6 +33,8 @@ const FILES: &[(&str, &str)] = &[
     (
         "post/openstack_image",
         include_str!("../../../scripts/post/openstack_image.rhai"),
+    ),
+    (
         "post/registry",
         include_str!("../../../scripts/post/registry.rhai"),
     ),
