@@ -10,6 +10,7 @@
 
 mod capabilities;
 mod cli;
+mod hardening;
 mod peers;
 mod qemu;
 mod qemu_build;

@@ -325,11 +325,12 @@ async fn exec_streams_lines_in_order_with_exit_code_and_stderr() {
         .exec(
             "echo one; sleep 0.5; echo two; echo oops >&2; printf 'no newline'; exit 3",
             &[],
-            &mut move |st, l| {
-                seen2
-                    .lock()
-                    .unwrap()
-                    .push((st, l.to_string(), Instant::now()))
+            &mut move |st, data: &[u8]| {
+                seen2.lock().unwrap().push((
+                    st,
+                    String::from_utf8_lossy(data).into_owned(),
+                    Instant::now(),
+                ))
             },
         )
         .await
@@ -340,13 +341,19 @@ async fn exec_streams_lines_in_order_with_exit_code_and_stderr() {
     assert_eq!(out.stdout, b"one\ntwo\nno newline");
     assert_eq!(out.stderr, b"oops\n");
     let seen = seen.lock().unwrap();
-    let stdout: Vec<&str> = seen
+    // Output is handed on raw, as it arrives (the machine facade splits lines).
+    let stdout: String = seen
         .iter()
         .filter(|x| x.0 == Stream::Stdout)
         .map(|x| x.1.as_str())
         .collect();
-    assert_eq!(stdout, ["one", "two", "no newline"]);
-    assert!(seen.iter().any(|x| x.0 == Stream::Stderr && x.1 == "oops"));
+    assert_eq!(stdout, "one\ntwo\nno newline");
+    let stderr: String = seen
+        .iter()
+        .filter(|x| x.0 == Stream::Stderr)
+        .map(|x| x.1.as_str())
+        .collect();
+    assert_eq!(stderr, "oops\n");
     // "one" was delivered while the command still ran, not at the end.
     assert!(
         end.duration_since(seen[0].2) >= Duration::from_millis(400),

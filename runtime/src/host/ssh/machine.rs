@@ -8,7 +8,7 @@ use tokio::sync::{OnceCell, RwLock};
 
 use super::{ConnectOptions, KeyFiles, Session, SshConfig, SshError};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, UploadPath, Uploaded,
 };
 use crate::host::qemu::FileDisk;
 
@@ -93,9 +93,9 @@ impl Machine for SshMachine {
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
-        Ok(self.session().await.exec(command, env, on_line).await?)
+        Ok(self.session().await.exec(command, env, on_output).await?)
     }
 
     /// Large files go through the VM's virtio disk when there is one and the guest
