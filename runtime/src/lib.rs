@@ -13,6 +13,7 @@ pub mod caps;
 pub mod cleanup;
 pub mod cli;
 pub mod context;
+pub mod heap;
 pub mod host;
 pub mod ledger;
 pub mod plan;

@@ -14,6 +14,7 @@ mod cli;
 mod faults;
 mod fetch;
 mod openstack;
+mod hardening;
 mod peers;
 mod qemu;
 mod qemu_build;

@@ -358,11 +358,12 @@ async fn exec_streams_lines_in_order_with_exit_code_and_stderr() {
     let seen: Arc<Mutex<Vec<(Stream, String)>>> = Arc::default();
     let seen2 = seen.clone();
     let out = s
-        .exec(&cmd, &[], &mut move |st, l| {
-            if l == "one" {
+        .exec(&cmd, &[], &mut move |st, data: &[u8]| {
+            let text = String::from_utf8_lossy(data).into_owned();
+            if st == Stream::Stdout && text.contains("one") {
                 std::fs::write(&flag, "").expect("flag");
             }
-            seen2.lock().unwrap().push((st, l.to_string()))
+            seen2.lock().unwrap().push((st, text))
         })
         .await
         .expect("exec");
@@ -371,13 +372,19 @@ async fn exec_streams_lines_in_order_with_exit_code_and_stderr() {
     assert_eq!(out.stdout, b"one\ntwo\nno newline");
     assert_eq!(out.stderr, b"oops\n");
     let seen = seen.lock().unwrap();
-    let stdout: Vec<&str> = seen
+    // Output is handed on raw, as it arrives (the machine facade splits lines).
+    let stdout: String = seen
         .iter()
         .filter(|x| x.0 == Stream::Stdout)
         .map(|x| x.1.as_str())
         .collect();
-    assert_eq!(stdout, ["one", "two", "no newline"]);
-    assert!(seen.iter().any(|x| x.0 == Stream::Stderr && x.1 == "oops"));
+    assert_eq!(stdout, "one\ntwo\nno newline");
+    let stderr: String = seen
+        .iter()
+        .filter(|x| x.0 == Stream::Stderr)
+        .map(|x| x.1.as_str())
+        .collect();
+    assert_eq!(stderr, "oops\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

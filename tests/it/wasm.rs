@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln::caps::machine::MachineCap;
 use kiln::caps::{AuditLog, Broker, Grants, Holder, Project, Scope};
 use kiln::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, UploadPath, Uploaded,
 };
 use kiln::ui::Redactor;
 use kiln::wasm::{LogLevel, StepEnv, WasmEngine, WasmError, WasmLimits, inspect};
@@ -49,13 +49,13 @@ pub(crate) fn guest_dir() -> &'static Path {
     }
 }
 
-fn guest(name: &str) -> Vec<u8> {
+pub(crate) fn guest(name: &str) -> Vec<u8> {
     let path = guest_dir().join(format!("{name}.wasm"));
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("guest {} missing after build: {e}", path.display()))
 }
 
-fn engine() -> &'static WasmEngine {
+pub(crate) fn engine() -> &'static WasmEngine {
     static E: OnceLock<WasmEngine> = OnceLock::new();
     E.get_or_init(|| {
         WasmEngine::new(Some(
@@ -67,10 +67,10 @@ fn engine() -> &'static WasmEngine {
 
 /// A machine that records what it was asked and keeps files under a temp dir.
 #[derive(Default)]
-struct FakeMachine {
+pub(crate) struct FakeMachine {
     root: Option<PathBuf>,
-    execs: Mutex<Vec<String>>,
-    writes: Mutex<Vec<(String, Option<u32>)>>,
+    pub(crate) execs: Mutex<Vec<String>>,
+    pub(crate) writes: Mutex<Vec<(String, Option<u32>)>>,
 }
 
 impl FakeMachine {
@@ -96,7 +96,7 @@ impl Machine for FakeMachine {
         &self,
         command: &str,
         _env: &[(String, String)],
-        _on_line: OnLine<'_>,
+        _on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
         self.execs.lock().unwrap().push(command.to_string());
         let stdout = command
@@ -170,23 +170,23 @@ impl Machine for FakeMachine {
 }
 
 /// One step's world: a real broker and audit log, a project dir, a fake machine.
-struct Host {
+pub(crate) struct Host {
     _dir: tempfile::TempDir,
     audit_path: PathBuf,
     broker: Arc<Broker>,
     project: Project,
-    machine: Arc<FakeMachine>,
-    logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
-    secrets: HashMap<String, String>,
+    pub(crate) machine: Arc<FakeMachine>,
+    pub(crate) logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
+    pub(crate) secrets: HashMap<String, String>,
     secret_calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl Host {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(None, None)
     }
 
-    fn with(project: Option<&Path>, machine_root: Option<&Path>) -> Self {
+    pub(crate) fn with(project: Option<&Path>, machine_root: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
         let project_dir = project.map(Path::to_path_buf).unwrap_or_else(|| {
@@ -222,7 +222,7 @@ impl Host {
             .scope("web.test", "step 1 wasm", Holder::Step, g)
     }
 
-    fn env(&self, allow: &str) -> StepEnv {
+    pub(crate) fn env(&self, allow: &str) -> StepEnv {
         let scope = self.scope(allow);
         let logs = self.logs.clone();
         let secrets = self.secrets.clone();
@@ -244,7 +244,7 @@ impl Host {
         }
     }
 
-    async fn run(
+    pub(crate) async fn run(
         &self,
         name: &str,
         config: serde_json::Value,
@@ -256,7 +256,7 @@ impl Host {
     }
 
     /// (capability, object, outcome) of every audit line so far.
-    fn audits(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn audits(&self) -> Vec<(String, String, String)> {
         let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
         text.lines()
             .map(|l| {
@@ -270,11 +270,11 @@ impl Host {
             .collect()
     }
 
-    fn audited(&self, cap: &str) -> bool {
+    pub(crate) fn audited(&self, cap: &str) -> bool {
         self.audits().iter().any(|(c, _, _)| c == cap)
     }
 
-    fn denied(&self, cap: &str) -> Vec<String> {
+    pub(crate) fn denied(&self, cap: &str) -> Vec<String> {
         self.audits()
             .into_iter()
             .filter(|(c, _, o)| c == cap && o.starts_with("denied"))
@@ -283,7 +283,7 @@ impl Host {
     }
 }
 
-fn limits() -> WasmLimits {
+pub(crate) fn limits() -> WasmLimits {
     WasmLimits {
         // Generous: only a guest that hangs should hit it on a loaded machine.
         timeout: Duration::from_secs(120),
@@ -292,7 +292,7 @@ fn limits() -> WasmLimits {
 }
 
 /// `#{ read: ["<dir>"] }` for an absolute directory.
-fn read_grant(dir: &Path) -> String {
+pub(crate) fn read_grant(dir: &Path) -> String {
     format!("#{{ read: [{:?}] }}", dir.display().to_string())
 }
 
@@ -343,7 +343,7 @@ impl Sandbox {
     }
 }
 
-fn assert_refused(result: &Result<String, WasmError>) -> String {
+pub(crate) fn assert_refused(result: &Result<String, WasmError>) -> String {
     match result {
         Ok(s) => panic!("the guest got out: {s}"),
         Err(e) => {
@@ -1003,9 +1003,11 @@ async fn compiled_components_are_cached_on_disk_and_tampering_is_ignored() {
     let wasm = guest("hello_provisioner");
     let e1 = WasmEngine::new(Some(cache.path().to_path_buf())).unwrap();
     e1.load(&wasm).unwrap();
+    // The compiled component, beside the cache's key.
     let files: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
 

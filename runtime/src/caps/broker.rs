@@ -111,6 +111,11 @@ impl Broker {
         &self.audit
     }
 
+    /// The run's redactor: every secret value read in the run is registered here.
+    pub fn redactor(&self) -> &crate::ui::Redactor {
+        self.audit.redactor()
+    }
+
     pub fn run_id(&self) -> &str {
         &self.run_id
     }

@@ -15,6 +15,7 @@
 mod audit;
 mod broker;
 pub mod grants;
+pub mod limits;
 pub mod rule;
 pub mod spec;
 

@@ -69,28 +69,42 @@ fn exit_code(o: artifacts::Outcome) -> u8 {
     }
 }
 
-/// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor.
+/// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor, with
+/// control characters escaped (colours only on a terminal without `NO_COLOR`).
 fn init_tracing(redactor: &Redactor) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let r = redactor.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(move || RedactingWriter {
             redactor: r.clone(),
             buf: Vec::new(),
+            ansi,
         })
         .try_init();
 }
 
+/// One log event: collected whole, then redacted (so nothing in it is cut before
+/// redaction), escaped and written in one piece.
 struct RedactingWriter {
     redactor: Redactor,
     buf: Vec<u8>,
+    ansi: bool,
 }
+
+/// Longest log event kept; the rest of a bigger one is dropped after redaction.
+const MAX_LOG_EVENT: usize = 1 << 20;
 
 impl Write for RedactingWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        // Bounded: a huge field must not grow memory without limit. Keeping a bit more
+        // than the limit lets a secret at the edge still be matched whole.
+        let room = (MAX_LOG_EVENT + (64 << 10)).saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -101,6 +115,19 @@ impl Write for RedactingWriter {
 impl Drop for RedactingWriter {
     fn drop(&mut self) {
         let text = self.redactor.redact(&String::from_utf8_lossy(&self.buf));
+        let mut text = if self.ansi {
+            crate::ui::escape_controls_but_colours(&text).into_owned()
+        } else {
+            crate::ui::escape_controls(&text).into_owned()
+        };
+        if text.len() > MAX_LOG_EVENT {
+            let mut end = MAX_LOG_EVENT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("… (log event truncated)\n");
+        }
         let _ = std::io::stderr().write_all(text.as_bytes());
     }
 }
@@ -120,7 +147,10 @@ fn report_error(ui: &Ui, msg: &str) {
     if ui.mode() == Mode::MachineReadable {
         ui.event("error", serde_json::json!({ "message": msg }));
     } else {
-        eprintln!("{}", ui.redactor().redact(&format!("Error: {msg}")));
+        // Errors quote what guests and scripts wrote: no control characters reach the
+        // terminal.
+        let text = ui.redactor().redact(&format!("Error: {msg}"));
+        eprintln!("{}", crate::ui::escape_controls(&text));
     }
 }
 
@@ -162,13 +192,19 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
         Err(c) => return c,
     };
     let plan: &Plan = &program.plan;
+    let grant_project = plan.project.clone();
+    let grant_info = move |g: &crate::caps::Grants| resolved_paths(&grant_project, g);
     if ui.mode() == Mode::MachineReadable {
-        ui.event("inspect", plan::inspect_json(plan));
+        ui.event("inspect", plan::inspect_json(plan, &grant_info));
         return EXIT_OK;
     }
     let project = plan.project.clone();
     let wasm_info = move |path: &str| -> Option<String> {
-        let bytes = project.dir().read(path).ok()?;
+        let file = project.dir().open(path).ok()?.into_std();
+        let bytes = match crate::wasm::read_component(file) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("(cannot inspect: {e})")),
+        };
         match crate::wasm::inspect(&bytes) {
             Ok(info) => Some(format!(
                 "imports: {}\n{}",
@@ -178,16 +214,46 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
             Err(e) => Some(format!("(cannot inspect: {e})")),
         }
     };
-    print!(
-        "{}",
-        ui.redactor()
-            .redact(&plan::render_inspect(plan, &wasm_info))
-    );
+    let text = ui
+        .redactor()
+        .redact(&plan::render_inspect(plan, &wasm_info, &grant_info));
+    print!("{}", crate::ui::escape_controls(&text));
     EXIT_OK
 }
 
+/// Where each `read`/`write` grant leads once `~` and symlinks are resolved, when that
+/// differs from what it says, and which grants kiln refuses (`/proc/self/root`).
+fn resolved_paths(project: &crate::caps::Project, grants: &crate::caps::Grants) -> Vec<String> {
+    use crate::caps::FsError;
+    use crate::caps::fs::{READ, WRITE, resolve_grant};
+    let mut out = Vec::new();
+    for spec in [&READ, &WRITE] {
+        for g in grants.paths(spec) {
+            let what = format!("{}({})", spec.key, g.written);
+            let lexical = if g.is_project() {
+                project.path().to_path_buf()
+            } else if Path::new(&g.path).is_absolute() {
+                Path::new(&g.path).to_path_buf()
+            } else {
+                project.path().join(g.normalized())
+            };
+            match resolve_grant(project, g) {
+                Ok(p) if p == lexical && g.path == g.written => {}
+                Ok(p) => out.push(format!("{what} -> {}", p.display())),
+                Err(FsError::Refused { reason, .. }) => {
+                    out.push(format!("{what} -> refused: {reason}"))
+                }
+                // Missing directories are created (write) or reported when used.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => out.push(format!("{what} -> cannot be opened: {e}")),
+            }
+        }
+    }
+    out
+}
+
 fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
-    let bytes = match std::fs::read(file) {
+    let bytes = match std::fs::File::open(file).and_then(crate::wasm::read_component) {
         Ok(b) => b,
         Err(e) => {
             report_error(ui, &format!("{}: {e}", file.display()));
@@ -196,7 +262,8 @@ fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
     };
     match crate::wasm::inspect(&bytes) {
         Ok(info) => {
-            println!("{info}");
+            // Import and export names come from the file: shown escaped.
+            println!("{}", crate::ui::escape_controls(&info.to_string()));
             EXIT_OK
         }
         Err(e) => {

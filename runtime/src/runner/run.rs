@@ -311,6 +311,7 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
     };
     // A failure inside the builder's own script also names the user's source() line,
     // so the user knows which of their declarations to fix.
+    let _budget = engine::begin(&engine::Limits::default());
     let mut artifact: Map = engine
         .call_fn(
             &mut RhaiScope::new(),
@@ -357,6 +358,7 @@ fn run_script(rt: &Arc<BuildRt>, program: &Program) -> Result<serde_json::Value,
             rt: rt.clone(),
             scope,
         };
+        let _budget = engine::begin(&engine::Limits::default());
         artifact = engine
             .call_fn(
                 &mut RhaiScope::new(),

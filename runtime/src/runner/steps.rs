@@ -329,7 +329,10 @@ fn run_closure(
     };
     rt.ui.say(&rt.label, "Running closure step");
     let m = MachineObj::new(cap.clone(), rt.clone());
-    let r: Result<Dynamic, _> = func.call(engine, &program.ast, (m,));
+    let r: Result<Dynamic, _> = {
+        let _budget = crate::script::engine::begin(&crate::script::engine::Limits::default());
+        func.call(engine, &program.ast, (m,))
+    };
     r.map(|_| ()).map_err(|e| {
         // The failure's kind survives the trip through Rhai; its text gets the
         // script position.
@@ -343,6 +346,11 @@ fn run_closure(
                 message: located,
             },
             _ => match &e.as_ref() {
+                rhai::EvalAltResult::ErrorTerminated(reason, _)
+                    if reason.is::<crate::script::engine::LimitHit>() =>
+                {
+                    StepError::Failed(located)
+                }
                 rhai::EvalAltResult::ErrorTerminated(reason, _) => {
                     StepError::Cancelled(reason.to_string())
                 }

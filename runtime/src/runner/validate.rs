@@ -22,13 +22,19 @@ pub fn check(program: &Program) -> Vec<String> {
     let broker = Broker::new("validate", AuditLog::disabled(Redactor::default()));
     let mut problems = Vec::new();
     let plan = &program.plan;
-    let eng = engine::hardened(engine::Limits::default());
+    let eng = engine::hardened(engine::Limits::declaration());
     for source in &plan.sources {
         let scope = broker.scope(
             &source.name,
             &format!("source {}", source.name),
             Holder::Source,
             source.grants.clone(),
+        );
+        check_grants(
+            program,
+            &source.grants,
+            &format!("{}: source {:?}", source.declared_at, source.name),
+            &mut problems,
         );
         check_source(program, &eng, source, &scope, &mut problems);
     }
@@ -40,10 +46,36 @@ pub fn check(program: &Program) -> Vec<String> {
                 Holder::Step,
                 step.grants.clone(),
             );
+            check_grants(
+                program,
+                &step.grants,
+                &format!("{}: build {:?} step {}", step.declared_at, b.name, i + 1),
+                &mut problems,
+            );
             check_step(program, &b.name, i + 1, step, &scope, &mut problems);
         }
     }
     problems
+}
+
+/// Path grants kiln refuses whatever they say (`/` under another name, `/proc`).
+fn check_grants(
+    program: &Program,
+    grants: &crate::caps::Grants,
+    at: &str,
+    problems: &mut Vec<String>,
+) {
+    use crate::caps::fs::{READ, WRITE, resolve_grant};
+    for spec in [&READ, &WRITE] {
+        for g in grants.paths(spec) {
+            if let Err(FsError::Refused { reason, .. }) = resolve_grant(&program.plan.project, g) {
+                problems.push(format!(
+                    "{at}: allow.{} {:?} is refused: {reason}",
+                    spec.key, g.written
+                ));
+            }
+        }
+    }
 }
 
 /// Why `path` cannot be used, in kiln's words, or `None` if it can.
@@ -106,6 +138,7 @@ fn check_source(
     if !ast.iter_functions().any(|f| f.name == "inputs") {
         return;
     }
+    let _budget = engine::begin(&engine::Limits::declaration());
     let inputs: Map = match eng.call_fn(
         &mut RhaiScope::new(),
         &ast,

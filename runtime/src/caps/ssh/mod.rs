@@ -147,6 +147,11 @@ fn read_key_files_except(
                     path: f.path.clone(),
                     reason: source.to_string(),
                 },
+                FsError::Refused { reason, .. } => ConnectError::Credential {
+                    what: f.what,
+                    path: f.path.clone(),
+                    reason,
+                },
             })?;
         let text = String::from_utf8(bytes).map_err(|_| ConnectError::Credential {
             what: f.what,

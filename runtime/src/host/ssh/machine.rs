@@ -14,7 +14,7 @@ use tokio::sync::{OnceCell, RwLock};
 
 use super::{ConnectOptions, KeyFiles, Session, SshConfig, SshError};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, UploadPath, Uploaded,
 };
 use crate::host::qemu::FileDisk;
 
@@ -214,12 +214,12 @@ impl Machine for SshMachine {
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
         let during = format!("the command {:?}", first_line(command));
         self.run(
             &during,
-            |s| async move { s.exec(command, env, on_line).await },
+            |s| async move { s.exec(command, env, on_output).await },
         )
         .await
     }

@@ -42,15 +42,21 @@ fn stderr_text(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     let s = s.trim();
     if s.is_empty() {
-        "(no error output)".into()
-    } else {
-        s.chars()
-            .rev()
-            .take(ERR_KEEP)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect()
+        return "(no error output)".into();
+    }
+    let keep = s
+        .char_indices()
+        .rev()
+        .nth(ERR_KEEP - 1)
+        .map_or(0, |(i, _)| i);
+    if keep == 0 {
+        return s.to_string();
+    }
+    // Start the kept tail at a line, so no fragment of a cut secret is shown in clear
+    // (the message is redacted later, and the redactor knows whole lines only).
+    match s[keep..].find('\n') {
+        Some(nl) => s[keep + nl + 1..].to_string(),
+        None => "(error output too long to show)".into(),
     }
 }
 
@@ -130,17 +136,16 @@ impl Session {
         };
         // The reader must run alongside the writer: an undrained channel stalls the session.
         let recv = async {
-            let mut err = Collector::new(Stream::Stderr);
+            let mut err = Collector::new();
             let mut exit = Exit::default();
-            let mut ignore = |_: Stream, _: &str| {};
             while let Some(msg) = rd.wait().await {
                 match &msg {
-                    ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, &mut ignore),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => err.capture(data),
                     ChannelMsg::Close => break,
                     other => exit.observe(other),
                 }
             }
-            (exit, err.finish(&mut ignore))
+            (exit, err.finish())
         };
         tokio::pin!(send);
         tokio::pin!(recv);
@@ -192,9 +197,8 @@ impl Session {
         sink: &mut Sink<'_>,
     ) -> Result<u64, SshError> {
         let mut ch = self.open_exec(command).await?;
-        let mut err = Collector::new(Stream::Stderr);
+        let mut err = Collector::new();
         let mut exit = Exit::default();
-        let mut ignore = |_: Stream, _: &str| {};
         let mut total = 0u64;
         while let Some(msg) = ch.wait().await {
             match &msg {
@@ -202,7 +206,7 @@ impl Session {
                     total += data.len() as u64;
                     sink.put(data, total).await?;
                 }
-                ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, &mut ignore),
+                ChannelMsg::ExtendedData { data, ext: 1 } => err.capture(data),
                 ChannelMsg::Close => break,
                 other => exit.observe(other),
             }
@@ -212,7 +216,7 @@ impl Session {
             return Err(SshError::Remote {
                 action: action.to_string(),
                 code,
-                stderr: stderr_text(&err.finish(&mut ignore)),
+                stderr: stderr_text(&err.finish()),
             });
         }
         Ok(total)
@@ -783,4 +787,28 @@ fn append_dir<W: Write>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_stderr_is_cut_at_a_line_so_no_secret_fragment_shows() {
+        assert_eq!(stderr_text(b"  \n"), "(no error output)");
+        assert_eq!(stderr_text(b"short\n"), "short");
+        // A secret line straddling the cut is dropped whole, not shown from its middle.
+        let mut s = String::from("SECRET-VALUE-42");
+        s.push('\n');
+        // The kept tail would start at "CRET-VALUE-42".
+        s.push_str(&"y".repeat(ERR_KEEP - 19));
+        s.push_str("\nlast");
+        let shown = stderr_text(s.as_bytes());
+        assert!(!shown.contains("VALUE"), "{shown}");
+        assert!(shown.ends_with("last"));
+        assert_eq!(
+            stderr_text("z".repeat(ERR_KEEP + 10).as_bytes()),
+            "(error output too long to show)"
+        );
+    }
 }
