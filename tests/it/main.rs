@@ -10,6 +10,7 @@
 
 mod capabilities;
 mod cli;
+mod oci_build;
 mod peers;
 mod qemu;
 mod qemu_build;

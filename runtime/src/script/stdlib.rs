@@ -11,6 +11,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../scripts/builders/qemu.rhai"),
     ),
     (
+        "builders/oci",
+        include_str!("../../../scripts/builders/oci.rhai"),
+    ),
+    (
         "post/compress",
         include_str!("../../../scripts/post/compress.rhai"),
     ),
