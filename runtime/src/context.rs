@@ -157,6 +157,8 @@ pub struct BuildRt {
     pub cancel: Cancel,
     current: Mutex<Cancel>,
     pub force: bool,
+    /// `--no-cache`: run every step, reuse no cached step result.
+    pub no_cache: bool,
     pub started: time::OffsetDateTime,
     /// The builder's own scope (its grants).
     pub builder_scope: Scope,
@@ -181,6 +183,7 @@ impl BuildRt {
         broker: Arc<Broker>,
         cancel: Cancel,
         force: bool,
+        no_cache: bool,
         wasm: Arc<WasmRuntime>,
         provisioner: Arc<dyn Provision>,
     ) -> Arc<Self> {
@@ -208,6 +211,7 @@ impl BuildRt {
                 current: Mutex::new(cancel.clone()),
                 cancel,
                 force,
+                no_cache,
                 started: time::OffsetDateTime::now_utc(),
                 builder_scope,
                 wasm,

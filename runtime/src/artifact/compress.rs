@@ -502,6 +502,49 @@ impl<W: Write> Write for ParallelGzWriter<W> {
     }
 }
 
+/// [`ParallelGzWriter`] as the OCI builder's layer compressor: layers are gzipped on
+/// every core. The output depends only on the input and the level (blocks and members
+/// are cut at fixed offsets, libdeflate's header has no time or name), so layers stay
+/// reproducible whatever the thread count.
+#[derive(Debug, Clone, Copy)]
+pub struct ParallelGzip {
+    pub level: u32,
+    pub threads: usize,
+}
+
+struct GzLayer<'a>(ParallelGzWriter<&'a mut dyn Write>);
+
+impl Write for GzLayer<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl kiln_oci::FinishWrite for GzLayer<'_> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.0.finish().map(|_| ())
+    }
+}
+
+impl kiln_oci::Compressor for ParallelGzip {
+    fn compression(&self) -> kiln_oci::Compression {
+        kiln_oci::Compression::Gzip
+    }
+    fn compress<'a>(
+        &self,
+        out: &'a mut dyn Write,
+    ) -> io::Result<Box<dyn kiln_oci::FinishWrite + 'a>> {
+        Ok(Box::new(GzLayer(ParallelGzWriter::new(
+            out,
+            self.level,
+            self.threads,
+        ))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

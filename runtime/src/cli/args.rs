@@ -116,6 +116,9 @@ pub struct BuildArgs {
     /// Overwrite existing outputs instead of refusing.
     #[arg(long)]
     pub force: bool,
+    /// Run every step instead of reusing cached results (cached layers of the oci builder).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `kiln cleanup` (its logic is in `cli/cleanup.rs`).

@@ -287,6 +287,7 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
             OnErrorArg::Abort => OnError::Abort,
         },
         force: args.force,
+        no_cache: args.no_cache,
     };
     let selected = match crate::runner::select(&program.plan, &opts) {
         Ok(s) => s,

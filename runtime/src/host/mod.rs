@@ -4,5 +4,7 @@
 pub mod httpd;
 pub mod image;
 pub mod machine;
+pub mod oci;
 pub mod qemu;
+pub mod rootfs;
 pub mod ssh;

@@ -77,6 +77,10 @@ pub struct SourceSpec {
     /// `build.rhai:12:5`: where the script called `source(...)`, for errors that happen
     /// inside the builder's own script.
     pub declared_at: String,
+    /// Config keys that do not change what the steps do (where the image is pushed, the
+    /// image config applied after them), from the builder's `fn step_cache_ignore(cfg)`:
+    /// left out of the step cache key, so changing them reuses every cached step.
+    pub step_cache_ignore: Vec<String>,
 }
 
 /// The body of one provisioning step.

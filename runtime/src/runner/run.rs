@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub parallel_builds: usize,
     pub on_error: OnError,
     pub force: bool,
+    /// `--no-cache`: backends that restore cached step results run every step.
+    pub no_cache: bool,
 }
 
 /// The result of one (build, source) pair.
@@ -140,6 +142,7 @@ pub async fn run_builds(
             broker.clone(),
             cancel.child(),
             opts.force,
+            opts.no_cache,
             wasm.clone(),
             steps.clone(),
         );

@@ -500,6 +500,30 @@ fn declare_source(
             .apply_allow(&allow)
             .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
     }
+    // Config keys the builder's steps do not depend on (`fn step_cache_ignore(cfg)`).
+    let mut step_cache_ignore = Vec::new();
+    if ast.iter_functions().any(|f| f.name == "step_cache_ignore") {
+        let keys: Array = ctx
+            .engine()
+            .call_fn(
+                &mut Scope::new(),
+                &ast,
+                "step_cache_ignore",
+                (Dynamic::from_map(s.config.clone()),),
+            )
+            .map_err(|e| {
+                runtime_err(
+                    format!("{}: step_cache_ignore(cfg) failed: {e}", s.script),
+                    ctx.call_position(),
+                )
+            })?;
+        for k in keys {
+            step_cache_ignore.push(
+                value::string(&k, "step_cache_ignore")
+                    .map_err(|m| runtime_err(format!("{}: {m}", s.script), ctx.call_position()))?,
+            );
+        }
+    }
     if let Some(allow) = opts.get("allow") {
         let allow = allow.clone().try_cast::<Map>().ok_or_else(|| {
             runtime_err(
@@ -523,6 +547,7 @@ fn declare_source(
         config: s.config,
         grants,
         declared_at,
+        step_cache_ignore,
     });
     Ok(())
 }

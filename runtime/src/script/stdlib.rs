@@ -15,6 +15,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../scripts/builders/amazon_ebs.rhai"),
     ),
     (
+        "builders/oci",
+        include_str!("../../../scripts/builders/oci.rhai"),
+    ),
+    (
         "post/compress",
         include_str!("../../../scripts/post/compress.rhai"),
     ),
