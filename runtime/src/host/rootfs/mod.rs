@@ -21,7 +21,6 @@
 //! Every container is on the build's cleanup stack from the moment it starts, so a
 //! Ctrl-C or a failure stops it even when the runner never reaches `end_step`.
 
-mod lines;
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -36,7 +35,7 @@ use kiln_rootfs::{Container, ContainerConfig, ExecRequest, InitProgram, Network}
 
 use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, StepInfo, StepStart, Stream,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, StepInfo, StepStart, Stream,
     UploadPath, Uploaded,
 };
 use crate::host::oci::store::{BuildDir, LayerMeta, StepMeta, Store, remove_tree};
@@ -361,18 +360,17 @@ impl Machine for RootfsMachine {
         &self,
         command: &str,
         env: &[(String, String)],
-        mut on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
         let c = self.container()?;
         let mut req = ExecRequest::new(command);
         req.env = env.to_vec();
         req.cwd = self.inner.settings.cwd.clone();
-        let mut lines = lines::Lines::default();
+        // Raw chunks, as over SSH: the machine facade splits lines and redacts.
         let out = c
-            .exec(&req, &mut |s, d| lines.push(map_stream(s), d, &mut on_line))
+            .exec(&req, &mut |s, d| on_output(map_stream(s), d))
             .await
             .map_err(failed)?;
-        lines.finish(&mut on_line);
         Ok(ExecOutput {
             exit_code: out.exit_code,
             signal: out.signal,
@@ -397,6 +395,7 @@ impl Machine for RootfsMachine {
         Ok(Uploaded {
             bytes,
             via: UploadPath::Normal,
+            retried: false,
         })
     }
 

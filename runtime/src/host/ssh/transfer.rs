@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::error::{SshError, from_russh};
-use super::session::{Collector, Exit, Session, Stream, quote_path};
+use super::session::{Collector, Exit, Session, quote_path};
 use super::staged;
 
 /// Disk reads and channel writes go in pieces this big (russh slices them into packets
