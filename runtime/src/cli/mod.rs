@@ -2,9 +2,9 @@
 //! failed (or was interrupted), 2 a usage, script or configuration error.
 
 mod args;
-mod cleanup;
 mod artifacts;
 mod cache;
+mod cleanup;
 mod init;
 
 use std::io::Write;

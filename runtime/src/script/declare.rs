@@ -1014,7 +1014,10 @@ fn post_grants(
     let mut grants = Grants::default();
     let library = lock(decl).library.clone();
     let ast = library.ast(ctx.engine(), script)?;
-    if ast.iter_functions().any(|f| f.name == "grants") {
+    if ast
+        .iter_functions()
+        .any(|f| f.name == "grants" && f.params.len() == 1)
+    {
         let own: Map = ctx
             .engine()
             .call_fn(

@@ -21,7 +21,6 @@
 //! Every container is on the build's cleanup stack from the moment it starts, so a
 //! Ctrl-C or a failure stops it even when the runner never reaches `end_step`.
 
-
 use std::fs::File;
 use std::io::BufWriter;
 #[cfg(test)]

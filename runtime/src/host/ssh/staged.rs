@@ -98,7 +98,10 @@ pub(crate) fn tree_script(dest: &str, token: &str) -> Result<String, SshError> {
          tar -x -p --no-same-owner -f - -C \"$t\" || fail\n\
          if [ ! -e \"$t/{marker}\" ]; then echo \"the tree arrived incomplete; nothing was written to $d\" >&2; fail; fi\n\
          rm -f -- \"$t/{marker}\"\n\
-         if [ -e \"$d\" ]; then cp -pR -- \"$t/.\" \"$d/\" || fail; rm -rf -- \"$t\"; \
+         if [ -e \"$d\" ]; then \
+           for e in \"$t\"/* \"$t\"/.[!.]* \"$t\"/..?*; do \
+             [ -e \"$e\" ] || [ -L \"$e\" ] || continue; cp -pR -- \"$e\" \"$d/\" || fail; \
+           done; rm -rf -- \"$t\"; \
          else mv -- \"$t\" \"$d\" || fail; fi\n",
         locate = locate(dest, token)?,
     ))
