@@ -122,28 +122,11 @@ fn local_path(input: &str) -> Option<String> {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("file") => {
             let rest = rest.strip_prefix("localhost").unwrap_or(rest);
             rest.starts_with('/')
-                .then(|| percent_decode(rest))
+                .then(|| crate::host::httpd::percent_decode(rest))
                 .flatten()
         }
         Some(_) => None,
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Opens a local input through the `read` grant and returns its host path.
