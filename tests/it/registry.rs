@@ -96,10 +96,10 @@ impl Serve {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Keep draining after the address is found: the server's later lines
+            // must not meet a closed pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let mut serve = Serve {
@@ -985,4 +985,40 @@ fn run(cfg, ctx) { ctx.artifact(#{ id: ctx.source_name, files: [] }) }
     // Still all there.
     let buckets = json(&kiln(&p, &[], &["artifacts", "list", "--json"]));
     assert_eq!(buckets.as_array().map(Vec::len), Some(1), "{buckets}");
+}
+
+/// A reader that goes away is not a crash: `kiln registry serve` whose stdout was
+/// closed after its first line keeps answering, and on SIGTERM stops with exit 0
+/// (its "stopped" line meets the closed pipe). CI once saw the server panic with
+/// "failed printing to stdout: Broken pipe" and Terraform then got "connection refused".
+#[test]
+fn registry_serve_survives_a_closed_stdout() {
+    let p = Project::new();
+    let mut c = kiln_cmd(p.path(), &["registry", "serve", "--listen", "127.0.0.1:0"]);
+    c.env_remove("KILN_REGISTRY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn kiln registry serve");
+    let mut first = String::new();
+    {
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut first).expect("first line");
+        // `out` dropped here: the pipe's only reader is gone.
+    }
+    let addr = first
+        .split_once(" on http://")
+        .map(|(_, r)| r.trim().trim_end_matches('/').to_string())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let (status, body) = http(&addr, "GET", "/api/v1/buckets", None, "");
+    assert_eq!(status, 200, "{body}");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

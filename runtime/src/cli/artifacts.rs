@@ -330,11 +330,11 @@ async fn serve(project: &Path, listen: SocketAddr) -> Outcome {
         }
     };
     let addr = server.local_addr();
-    println!("Serving the registry {location} on http://{addr}/");
-    println!(
+    say!("Serving the registry {location} on http://{addr}/");
+    say!(
         "Terraform: data \"terraform_remote_state\" \"x\" {{ backend = \"http\", config = {{ address = \"http://{addr}/terraform/BUCKET/CHANNEL\" }} }}"
     );
-    println!("Writes need a token: kiln registry token create NAME");
+    say!("Writes need a token: kiln registry token create NAME");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let stop = async {
@@ -354,7 +354,7 @@ async fn serve(project: &Path, listen: SocketAddr) -> Outcome {
     };
     match server.run_until(stop).await {
         Ok(()) => {
-            println!("Registry server stopped.");
+            say!("Registry server stopped.");
             Outcome::Ok
         }
         Err(e) => {
@@ -380,7 +380,7 @@ async fn token(cmd: TokenCommand, machine_readable: bool) -> Outcome {
         TokenCommand::Create { name, .. } => match store.create_token(&name).await {
             Ok((info, secret)) => {
                 if json {
-                    println!(
+                    say!(
                         "{}",
                         serde_json::json!({
                             "id": info.id, "name": info.name, "created_at": info.created_at,
@@ -388,11 +388,12 @@ async fn token(cmd: TokenCommand, machine_readable: bool) -> Outcome {
                         })
                     );
                 } else {
-                    println!(
+                    say!(
                         "Created token {:?} (id {}). It is shown only now; keep it as a secret and send it as `Authorization: Bearer <token>`:",
-                        info.name, info.id
+                        info.name,
+                        info.id
                     );
-                    println!("{}", secret.expose());
+                    say!("{}", secret.expose());
                 }
                 Outcome::Ok
             }
@@ -401,15 +402,15 @@ async fn token(cmd: TokenCommand, machine_readable: bool) -> Outcome {
         TokenCommand::List { .. } => match store.tokens().await {
             Ok(list) => {
                 if json {
-                    println!(
+                    say!(
                         "{}",
                         serde_json::to_string_pretty(&list).unwrap_or_default()
                     );
                 } else if list.is_empty() {
-                    println!("No tokens; create one with: kiln registry token create NAME");
+                    say!("No tokens; create one with: kiln registry token create NAME");
                 } else {
                     for t in list {
-                        println!("{}  {}  {}", t.name, t.id, t.created_at);
+                        say!("{}  {}  {}", t.name, t.id, t.created_at);
                     }
                 }
                 Outcome::Ok
@@ -418,7 +419,7 @@ async fn token(cmd: TokenCommand, machine_readable: bool) -> Outcome {
         },
         TokenCommand::Delete { name, .. } => match store.delete_token(&name).await {
             Ok(true) => {
-                println!("Deleted token {name:?}.");
+                say!("Deleted token {name:?}.");
                 Outcome::Ok
             }
             Ok(false) => fail(

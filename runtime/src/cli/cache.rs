@@ -157,16 +157,19 @@ fn list(ui: &Ui, dir: &Path) -> u8 {
         ui.event("cache-list", serde_json::json!({ "kinds": kinds }));
         return EXIT_OK;
     }
-    println!("Downloads: {}", dir.display());
+    say!("Downloads: {}", dir.display());
     if entries.is_empty() {
-        println!("  (empty)");
+        say!("  (empty)");
     } else {
-        println!(
+        say!(
             "{:<9} {:>10}  {:<20}  {:<8}  URL (checksum)",
-            "KIND", "SIZE", "LAST USED", "STATE"
+            "KIND",
+            "SIZE",
+            "LAST USED",
+            "STATE"
         );
         for e in &entries {
-            println!(
+            say!(
                 "{:<9} {:>10}  {:<20}  {:<8}  {} ({})",
                 DOWNLOAD,
                 human_bytes(e.size),
@@ -177,13 +180,13 @@ fn list(ui: &Ui, dir: &Path) -> u8 {
             );
         }
     }
-    println!(
+    say!(
         "{DOWNLOAD}: {} entries, {}",
         entries.len(),
         human_bytes(total)
     );
     if let Some((n, bytes, wdir)) = wasm {
-        println!(
+        say!(
             "wasm: {n} compiled components, {} in {} (rebuilt on demand; not pruned here)",
             human_bytes(bytes),
             wdir.display()
@@ -224,7 +227,7 @@ fn prune(ui: &Ui, dir: &Path, rule: Prune) -> u8 {
         return EXIT_OK;
     }
     for e in &report.removed {
-        println!(
+        say!(
             "removed {DOWNLOAD} {} ({}, {})",
             e.url,
             human_bytes(e.size),
@@ -232,9 +235,9 @@ fn prune(ui: &Ui, dir: &Path, rule: Prune) -> u8 {
         );
     }
     for e in &report.in_use {
-        println!("kept {DOWNLOAD} {} (in use by a running build)", e.url);
+        say!("kept {DOWNLOAD} {} (in use by a running build)", e.url);
     }
-    println!(
+    say!(
         "{DOWNLOAD}: removed {} entries, freed {}",
         report.removed.len(),
         human_bytes(report.freed_bytes)

@@ -1,6 +1,16 @@
 //! The `kiln` command. Exit codes live here and only here: 0 success, 1 a build
 //! failed (or was interrupted), 2 a usage, script or configuration error.
 
+/// `println!` for the command's own output, except that a reader who went away
+/// (`kiln artifacts list | head`, a test that stopped reading) is not a panic:
+/// there is nobody left to tell, so the write error is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod args;
 mod artifacts;
 mod cache;
@@ -54,7 +64,7 @@ pub fn main() -> ExitCode {
         Command::Registry(cmd) => exit_code(artifacts::registry(cmd, cli.global.machine_readable)),
         Command::Cache(c) => cache::run(&ui, &c),
         Command::Version => {
-            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            say!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK
         }
     };
@@ -263,7 +273,7 @@ fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
     match crate::wasm::inspect(&bytes) {
         Ok(info) => {
             // Import and export names come from the file: shown escaped.
-            println!("{}", crate::ui::escape_controls(&info.to_string()));
+            say!("{}", crate::ui::escape_controls(&info.to_string()));
             EXIT_OK
         }
         Err(e) => {
