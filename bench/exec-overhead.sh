@@ -6,6 +6,7 @@
 # `step-end` event. Overhead per call = step time / N - mean SSH exec time.
 #
 #   bench/exec-overhead.sh            # N=200, 3 rounds
+#   KILN=/var/tmp/kiln-old bench/exec-overhead.sh   # another kiln binary
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-200}; ROUNDS=${ROUNDS:-3}
@@ -13,9 +14,12 @@ N=${N:-200}; ROUNDS=${ROUNDS:-3}
 # for sshd); the peer user kilntest has /bin/sh, so the exec measured is the SSH cost.
 BENCH_USER=${BENCH_USER:-kilntest}
 cd "$root"
-cargo build --release -q
+# KILN=/path/to/kiln measures that binary (e.g. an older build, for a same-run comparison).
+if [ -z "${KILN:-}" ]; then
+  cargo build --release -q
+  KILN=${CARGO_TARGET_DIR:-$root/target}/release/kiln
+fi
 tools/build-guests.sh 2>/dev/null
-KILN=${CARGO_TARGET_DIR:-$root/target}/release/kiln
 work=$(mktemp -d /tmp/kiln-bench-exec-XXXXXX)
 eval "$(tools/peers/sshd.sh start 0 "$work/peer")"
 trap 'tools/peers/sshd.sh stop "$work/peer" >/dev/null; rm -rf "$work"' EXIT

@@ -153,7 +153,7 @@ TIMEOUT 0
 LABEL linux
   LINUX /boot/vmlinuz-$KVER
   INITRD /boot/initrd.img-$KVER
-  APPEND root=/dev/vda1 rw console=ttyS0,115200 quiet loglevel=3 systemd.show_status=auto
+  APPEND root=/dev/vda1 rw console=ttyS0,115200 quiet loglevel=3 no_timer_check systemd.show_status=auto
 EXT
 
 # 4. disk: MBR + one bootable ext4 partition + extlinux, then qcow2

@@ -316,6 +316,44 @@ pub mod secrets {
     }
 }
 
+/// What the build baked into the image, for its record in kiln's artifact registry
+/// (the `registry(...)` post-processor records it with the build's provenance).
+/// Needs the `metadata` capability, which WASM steps hold unless the step says
+/// `allow: #{ metadata: false }`.
+///
+/// ```ignore
+/// kiln_guest::metadata::consul_service(&kiln_guest::metadata::ConsulService {
+///     name: "web".into(), port: Some(80), tags: vec!["v1".into()],
+/// })?;
+/// kiln_guest::metadata::label("consul", "1.17")?;
+/// ```
+pub mod metadata {
+    use super::*;
+    use crate::bindings::kiln::host::metadata as raw;
+
+    /// A Consul service definition written into the image.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConsulService {
+        pub name: String,
+        pub port: Option<u16>,
+        pub tags: Vec<String>,
+    }
+
+    /// Reports that the build baked `service` (reporting a name again replaces it).
+    pub fn consul_service(service: &ConsulService) -> Result<()> {
+        Ok(raw::add_consul_service(&raw::ConsulService {
+            name: service.name.clone(),
+            port: service.port,
+            tags: service.tags.clone(),
+        })?)
+    }
+
+    /// Adds a label to the build's registry record (the post-processor's own labels win).
+    pub fn label(key: &str, value: &str) -> Result<()> {
+        Ok(raw::set_label(key, value)?)
+    }
+}
+
 /// The build log (used through [`info!`], [`warn!`] and [`debug!`]).
 pub mod log {
     pub use crate::bindings::kiln::host::log::{debug, info, warn};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kiln::caps::machine::MachineCap;
 use kiln::caps::{AuditLog, Broker, Grants, Holder, Project, Scope};
 use kiln::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, UploadPath, Uploaded,
 };
 use kiln::ui::Redactor;
 use kiln::wasm::{StepEnv, WasmEngine, WasmLimits};
@@ -31,7 +31,7 @@ impl Machine for Immediate {
         &self,
         _command: &str,
         _env: &[(String, String)],
-        _on_line: OnLine<'_>,
+        _on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
         Ok(ExecOutput {
             exit_code: 0,
@@ -49,6 +49,7 @@ impl Machine for Immediate {
         Ok(Uploaded {
             bytes: 0,
             via: UploadPath::Normal,
+            retried: false,
         })
     }
     async fn upload_tree(

@@ -5,10 +5,17 @@
 //! crashes, times out or is interrupted can never leak what the host made for it.
 //! When a resource is disposed of normally (the VM shut down, the disk became an
 //! artifact) its owner calls [`CleanupStack::release`].
+//!
+//! An entry may be *tracked*: tied to a record in the run's resource ledger
+//! ([`crate::ledger`]), which then follows it: a release marks the record released, a
+//! successful undo marks it deleted, and a failed undo (or SIGKILL) leaves it open for
+//! `kiln cleanup`. Host code reaches the ledger through [`CleanupStack::ledger`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
+use crate::ledger::{BuildLedger, RecordId, Resolution};
 
 type Undo = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send>;
 
@@ -16,6 +23,7 @@ struct Entry {
     id: u64,
     what: String,
     undo: Undo,
+    record: Option<RecordId>,
 }
 
 /// Handle to an entry on the stack, used to release it.
@@ -35,6 +43,7 @@ pub struct CleanupReport {
 #[derive(Clone, Default)]
 pub struct CleanupStack {
     inner: Arc<Mutex<Inner>>,
+    ledger: Option<BuildLedger>,
 }
 
 #[derive(Default)]
@@ -48,8 +57,36 @@ impl CleanupStack {
         Self::default()
     }
 
+    /// A stack whose tracked entries follow records in `ledger` (a build's handle on
+    /// the run's resource ledger; `None` when kiln could not open it).
+    pub fn with_ledger(ledger: Option<BuildLedger>) -> Self {
+        CleanupStack {
+            inner: Arc::default(),
+            ledger,
+        }
+    }
+
+    /// The build's resource ledger, for host code that records what it creates.
+    pub fn ledger(&self) -> Option<&BuildLedger> {
+        self.ledger.as_ref()
+    }
+
     /// Pushes `undo`, described by `what` ("qemu process 1234", "overlay disk out/x.qcow2").
     pub fn push<F, Fut>(&self, what: impl Into<String>, undo: F) -> CleanupId
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.push_tracked(what, None, undo)
+    }
+
+    /// [`CleanupStack::push`] for something on record in the ledger as `record`.
+    pub fn push_tracked<F, Fut>(
+        &self,
+        what: impl Into<String>,
+        record: Option<RecordId>,
+        undo: F,
+    ) -> CleanupId
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -63,19 +100,43 @@ impl CleanupStack {
             id,
             what,
             undo: Box::new(move || Box::pin(undo())),
+            record,
         });
         CleanupId(id)
+    }
+
+    /// Tells the ledger how a tracked entry ended.
+    fn settle(&self, record: Option<RecordId>, result: Result<(), &str>) {
+        let (Some(ledger), Some(record)) = (&self.ledger, record) else {
+            return;
+        };
+        let r = match result {
+            Ok(()) => ledger.resolve(record, Resolution::Deleted),
+            Err(why) => ledger.ledger().note(record, why),
+        };
+        if let Err(e) = r {
+            tracing::warn!("cannot update the resource ledger: {e}");
+        }
     }
 
     /// Removes an entry without running it: the resource no longer needs undoing.
     /// Returns false if it was already gone.
     pub fn release(&self, id: CleanupId) -> bool {
-        let mut inner = self.lock();
-        let before = inner.entries.len();
-        inner.entries.retain(|e| e.id != id.0);
-        let released = inner.entries.len() != before;
-        tracing::debug!(id = id.0, released, "cleanup: release");
-        released
+        let record = {
+            let mut inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .position(|e| e.id == id.0)
+                .map(|pos| inner.entries.remove(pos).record)
+        };
+        tracing::debug!(id = id.0, released = record.is_some(), "cleanup: release");
+        if let (Some(ledger), Some(Some(rec))) = (&self.ledger, record)
+            && let Err(e) = ledger.resolve(rec, Resolution::Released)
+        {
+            tracing::warn!("cannot update the resource ledger: {e}");
+        }
+        record.is_some()
     }
 
     /// Runs one entry's undo now (out of order) and removes it; `None` if it was gone.
@@ -86,6 +147,7 @@ impl CleanupStack {
             inner.entries.remove(pos)
         };
         let error = (entry.undo)().await.err().map(|e| format!("{e:#}"));
+        self.settle(entry.record, error.as_deref().map_or(Ok(()), Err));
         Some(CleanupReport {
             what: entry.what,
             error,
@@ -119,6 +181,7 @@ impl CleanupStack {
                 Err(e) => Some(format!("{e:#}")),
             };
             tracing::debug!(what = %entry.what, ?error, "cleanup: undone");
+            self.settle(entry.record, error.as_deref().map_or(Ok(()), Err));
             reports.push(CleanupReport {
                 what: entry.what,
                 error,
@@ -128,7 +191,8 @@ impl CleanupStack {
     }
 
     /// Drops every entry without running it (`--on-error=abort`) and returns what was
-    /// kept, newest first.
+    /// kept, newest first. Tracked entries stay open in the ledger: `kiln cleanup`
+    /// removes them once the user is done looking.
     pub fn keep_all(&self) -> Vec<String> {
         let mut inner = self.lock();
         inner.entries.drain(..).rev().map(|e| e.what).collect()

@@ -172,6 +172,8 @@ pub struct BuildRt {
     pub cancel: Cancel,
     current: Mutex<Cancel>,
     pub force: bool,
+    /// `--no-cache`: run every step, reuse no cached step result.
+    pub no_cache: bool,
     pub started: time::OffsetDateTime,
     /// The builder's own scope (its grants).
     pub builder_scope: Scope,
@@ -201,10 +203,13 @@ impl BuildRt {
         broker: Arc<Broker>,
         cancel: Cancel,
         force: bool,
+        no_cache: bool,
         wasm: Arc<WasmRuntime>,
         provisioner: Arc<dyn Provision>,
     ) -> Arc<Self> {
         let label = crate::plan::pair_name(&build, &source);
+        // What host code creates for this build is on record in the run's ledger.
+        let cleanup = CleanupStack::with_ledger(broker.ledger().map(|l| l.for_build(&label)));
         Arc::new_cyclic(|me: &std::sync::Weak<BuildRt>| {
             let builder_scope = broker
                 .scope(
@@ -221,11 +226,12 @@ impl BuildRt {
                 plan,
                 ui,
                 broker,
-                cleanup: CleanupStack::new(),
+                cleanup,
                 handle: tokio::runtime::Handle::current(),
                 current: Mutex::new(cancel.clone()),
                 cancel,
                 force,
+                no_cache,
                 started: time::OffsetDateTime::now_utc(),
                 builder_scope,
                 wasm,

@@ -5,15 +5,17 @@
 //! plan, every host call goes through a capability in `caps` (one module each: a
 //! checked facade with Rhai and WASM adapters), the host code behind them lives in
 //! `host`, the WASM sandbox in `wasm`, and `artifact` and `ui` produce what the user
-//! keeps and sees. `context` (per-build state) and `cleanup` (the undo stack) sit
-//! below all of them.
+//! keeps and sees. `context` (per-build state), `cleanup` (the undo stack) and `ledger`
+//! (the durable record of what a run created, for `kiln cleanup`) sit below all of them.
 
 pub mod artifact;
 pub mod caps;
 pub mod cleanup;
 pub mod cli;
 pub mod context;
+pub mod heap;
 pub mod host;
+pub mod ledger;
 pub mod plan;
 pub mod runner;
 pub mod script;

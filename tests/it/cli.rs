@@ -237,15 +237,12 @@ build("web", #{{ sources: ["box"], steps: [ shell(["touch {}/should-not-exist"])
             p.remote.path().display()
         ),
     );
-    let started = Instant::now();
     let out = p.kiln(&["build", "."]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "host key mismatch must fail fast"
-    );
     let all = text(&out).to_lowercase();
-    assert!(all.contains("host key"), "{all}");
+    assert!(all.contains("host key mismatch"), "{all}");
+    // Refused at once, not retried until the 5-minute default timeout.
+    assert!(!all.contains("gave up connecting"), "{all}");
     assert!(!p.remote.path().join("should-not-exist").exists());
 }
 
@@ -279,16 +276,18 @@ build("web", #{ sources: ["box"], steps: [
 fn retries_and_timeouts() {
     let sshd = Sshd::start();
     let p = Project::new();
+    let marker = format!("600.{}", std::process::id());
     let script = r#"
 source("box", ssh_host(#{ host: "127.0.0.1", ssh: {SSH} }));
 build("retry", #{ sources: ["box"], steps: [
     shell(["if [ -f REMOTE/once ]; then echo second > REMOTE/ok; else touch REMOTE/once; exit 1; fi"], #{ max_retries: 1 }),
 ]});
 build("slow", #{ sources: ["box"], steps: [
-    shell(["sleep 30"], #{ timeout: "1s" }),
+    shell(["sleep MARKER"], #{ timeout: "1s" }),
 ]});
 "#
-    .replace("REMOTE", p.remote.path().to_str().unwrap());
+    .replace("REMOTE", p.remote.path().to_str().unwrap())
+    .replace("MARKER", &marker);
     p.script(&sshd, &script);
     let out = p.kiln(&["build", "--only", "retry", "."]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -299,15 +298,25 @@ build("slow", #{ sources: ["box"], steps: [
     );
     assert!(p.remote.path().join("ok").exists());
 
-    let started = Instant::now();
     let out = p.kiln(&["build", "--only", "slow", "."]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("timed out after 1s"), "{}", text(&out));
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    // The timeout stopped the remote command too (it would sleep for 10 minutes).
+    wait_for("the timed-out command to be stopped", || {
+        sleepers(&marker).is_empty()
+    });
+}
+
+/// Polls `cond` until it holds; a loaded machine is slow, only a hang fails.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -340,9 +349,27 @@ build("b", #{ sources: ["box"], steps: [
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("matches no build"), "{}", text(&out));
 
-    // Both at once: their sleeps overlap.
-    let out = p.kiln(&["build", "."]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Both at once: each waits for the other to have started (a barrier), which
+    // builds run one after the other could never pass.
+    let together = r#"
+source("box", ssh_host(#{ host: "127.0.0.1", ssh: {SSH} }));
+build("a", #{ sources: ["box"], steps: [
+    shell(["touch REMOTE/a.here", "i=0; while [ ! -e REMOTE/b.here ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done", "test -e REMOTE/b.here"]),
+]});
+build("b", #{ sources: ["box"], steps: [
+    shell(["touch REMOTE/b.here", "i=0; while [ ! -e REMOTE/a.here ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done", "test -e REMOTE/a.here"]),
+]});
+"#
+    .replace("REMOTE", p.remote.path().to_str().unwrap())
+    .replace("{SSH}", &sshd.ssh_config_rhai_in(p.path()));
+    p.write("together.rhai", &together);
+    let out = p.kiln(&["build", "together.rhai"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "builds did not overlap: {}",
+        text(&out)
+    );
     let t = |f: &str| -> f64 {
         std::fs::read_to_string(p.remote.path().join(f))
             .unwrap()
@@ -350,10 +377,6 @@ build("b", #{ sources: ["box"], steps: [
             .parse()
             .unwrap()
     };
-    assert!(
-        t("a.start") < t("b.end") && t("b.start") < t("a.end"),
-        "builds did not overlap"
-    );
 
     // --parallel-builds 1 serializes them.
     let out = p.kiln(&["build", "--parallel-builds", "1", "."]);
@@ -531,24 +554,16 @@ build("web", #{ sources: ["box"], steps: [
         .spawn()
         .unwrap();
     let started = p.remote.path().join("started");
-    let t0 = Instant::now();
-    while !started.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the step never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !sleepers(&marker).is_empty(),
-        "the remote process should be running"
-    );
+    wait_for("the step to start", || started.exists());
+    wait_for("the remote process to run", || {
+        !sleepers(&marker).is_empty()
+    });
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let t1 = Instant::now();
     let out = child.wait_with_output().unwrap();
+    // Generous: the point is that kiln stops instead of waiting out the 300 s sleep.
     assert!(
-        t1.elapsed() < Duration::from_secs(15),
+        t1.elapsed() < Duration::from_secs(150),
         "kiln took {:?} to stop",
         t1.elapsed()
     );
@@ -556,12 +571,9 @@ build("web", #{ sources: ["box"], steps: [
     let all = text(&out);
     assert!(all.contains("Interrupted by SIGINT"), "{all}");
     assert!(all.contains("removed: remote script"), "{all}");
-    std::thread::sleep(Duration::from_millis(300));
-    let running = sleepers(&marker);
-    assert!(
-        running.is_empty(),
-        "remote process left behind: {running:?}\n{all}"
-    );
+    wait_for("the remote process to be stopped", || {
+        sleepers(&marker).is_empty()
+    });
     assert!(!p.remote.path().join("after").exists());
     // The script this build uploaded (named in the cleanup report) is gone.
     let script = all
@@ -577,7 +589,7 @@ build("web", #{ sources: ["box"], steps: [
 }
 
 /// Pids of `sleep ARG` processes (exact command line, read from /proc).
-fn sleepers(arg: &str) -> Vec<u32> {
+pub(crate) fn sleepers(arg: &str) -> Vec<u32> {
     let want = format!("sleep\0{arg}\0");
     std::fs::read_dir("/proc")
         .unwrap()
@@ -599,7 +611,13 @@ fn every_example_validates() {
         if !dir.join("build.rhai").exists() {
             continue;
         }
-        let out = kiln_cmd(&dir, &["inspect", "."]).output().unwrap();
+        // The secrets examples read are set by their run.sh (examples/aws-ami: moto's
+        // test credentials); `inspect` needs them set, not real.
+        let out = kiln_cmd(&dir, &["inspect", "."])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),

@@ -8,14 +8,24 @@
     clippy::cast_sign_loss
 )]
 
+mod amazon;
 mod capabilities;
 mod cli;
 mod debug_build;
+mod faults;
+mod fetch;
+mod hardening;
+mod oci_build;
+mod openstack;
 mod peers;
 mod qemu;
 mod qemu_build;
+mod qemu_faults;
+mod registry;
 mod resume_build;
+mod secret_file;
 mod ssh;
+mod ssh_credentials;
 mod step_cache_build;
 mod wasm;
 mod wasm_build;

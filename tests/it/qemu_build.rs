@@ -42,10 +42,12 @@ fn patch_script(p: &Project, from: &str, to: &str) {
     p.write("build.rhai", &script.replace(from, to));
 }
 
-/// `kiln build` arguments for the example project on `base`.
-fn build_args(base: &Path) -> [String; 4] {
+/// `kiln build` arguments for the example project on `base`. These tests are about
+/// the build itself: the step cache (tests/it/step_cache_build.rs) stays out of them.
+fn build_args(base: &Path) -> [String; 5] {
     [
         "build".into(),
+        "--no-cache".into(),
         "--var".into(),
         format!("base_image={}", base.display()),
         ".".into(),
@@ -217,7 +219,7 @@ build("verify", #{ sources: ["check"], steps: [
 ]});
 "#;
     p.write("verify.rhai", verify);
-    let out = p.kiln(&["build", "verify.rhai"]);
+    let out = p.kiln(&["build", "--no-cache", "verify.rhai"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v = |f: &str| std::fs::read_to_string(p.path().join("verify").join(f)).unwrap();
     assert_eq!(
@@ -237,11 +239,13 @@ build("verify", #{ sources: ["check"], steps: [
     assert_eq!(v("ids"), "deploy\ndeploy\n");
 }
 
+/// A key the image does not know: kiln stops after `handshake_attempts` rejections
+/// (not at a clock's deadline, which a loaded machine's slow boot could reach first and
+/// report as a stalled banner), names authentication as the cause, and leaves nothing.
 #[test]
-fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
+fn a_wrong_key_fails_after_the_handshake_attempts_naming_the_cause_and_leaves_nothing() {
     let _vm = VM_LOCK.blocking_lock();
     let (p, base) = example_project();
-    // A key the image does not know.
     std::fs::remove_file(p.path().join("keys/id_ed25519")).unwrap();
     let keygen = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -249,19 +253,21 @@ fn a_wrong_key_fails_within_ssh_timeout_naming_the_cause_and_leaves_nothing() {
         .output()
         .unwrap();
     assert!(keygen.status.success());
-    patch_script(&p, "timeout: \"5m\"", "timeout: \"45s\"");
-    let started = Instant::now();
+    // Generous time to boot; three rejections end it.
+    patch_script(
+        &p,
+        "timeout: \"5m\"",
+        "timeout: \"15m\", handshake_attempts: 3",
+    );
     let args = build_args(&base);
     let out = p.kiln(&args.each_ref().map(String::as_str));
-    let took = started.elapsed();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.to_lowercase().contains("auth"),
+        all.contains("authentication rejected (publickey) 3 times"),
         "the error must name the cause (authentication): {all}"
     );
-    // 45 s of SSH timeout, plus start-up and cleanup; never Packer's 10 minutes.
-    assert!(took < Duration::from_secs(90), "took {took:?}\n{all}");
+    assert!(!all.contains("stalled"), "{all}");
     assert!(all.contains("removed: qemu"), "{all}");
     assert_nothing_left(&p, &all);
 }
@@ -291,7 +297,7 @@ fn sigint_during_provisioning_leaves_nothing_behind() {
         }
         all
     });
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -314,8 +320,9 @@ fn sigint_during_provisioning_leaves_nothing_behind() {
         .read_to_string(&mut stderr)
         .unwrap();
     let all = format!("{stdout}\n{stderr}");
+    // Generous: the point is stopping instead of waiting out the 600 s sleep.
     assert!(
-        t.elapsed() < Duration::from_secs(30),
+        t.elapsed() < Duration::from_secs(150),
         "took {:?} to stop\n{all}",
         t.elapsed()
     );
@@ -342,8 +349,9 @@ fn forcing_kvm_here_fails_fast_with_the_reason() {
         return;
     }
     assert_eq!(out.status.code(), Some(1), "{all}");
+    // Fails instead of booting a guest that never runs (generous for a loaded host).
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(120),
         "took {:?}",
         started.elapsed()
     );
@@ -405,7 +413,7 @@ build("b", #{{ sources: ["vm"], steps: [
         dir = image.parent().unwrap().display(),
     );
     p.write("build.rhai", &script);
-    let out = p.kiln(&["build", "."]);
+    let out = p.kiln(&["build", "--no-cache", "."]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
     let uploads: Vec<&str> = all.lines().filter(|l| l.contains("Uploaded ")).collect();

@@ -57,7 +57,13 @@ fn a_rebuild_with_the_last_step_changed_restores_the_cached_vm_without_booting()
 
     p.write(
         "build.rhai",
-        &script(&base, r#"shell(["echo v1 > /root/last"]),"#),
+        // Written and synced to the disk after two captures: each capture puts a new
+        // overlay under the running guest, and a broken switch (qemu once reopened a
+        // new file as the old top) shows here as an I/O error and a read-only root.
+        &script(
+            &base,
+            r#"shell(["echo v1 > /root/last && sync && touch /root/after-sync && if dmesg | grep -Ei 'EXT4-fs error|I/O error'; then exit 1; fi"]),"#,
+        ),
     );
     let first = build(&p);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first));

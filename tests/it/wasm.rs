@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln::caps::machine::MachineCap;
 use kiln::caps::{AuditLog, Broker, Grants, Holder, Project, Scope};
 use kiln::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, UploadPath, Uploaded,
 };
 use kiln::ui::Redactor;
 use kiln::wasm::{LogLevel, StepEnv, WasmEngine, WasmError, WasmLimits, inspect};
@@ -49,13 +49,13 @@ pub(crate) fn guest_dir() -> &'static Path {
     }
 }
 
-fn guest(name: &str) -> Vec<u8> {
+pub(crate) fn guest(name: &str) -> Vec<u8> {
     let path = guest_dir().join(format!("{name}.wasm"));
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("guest {} missing after build: {e}", path.display()))
 }
 
-fn engine() -> &'static WasmEngine {
+pub(crate) fn engine() -> &'static WasmEngine {
     static E: OnceLock<WasmEngine> = OnceLock::new();
     E.get_or_init(|| {
         WasmEngine::new(Some(
@@ -67,10 +67,10 @@ fn engine() -> &'static WasmEngine {
 
 /// A machine that records what it was asked and keeps files under a temp dir.
 #[derive(Default)]
-struct FakeMachine {
+pub(crate) struct FakeMachine {
     root: Option<PathBuf>,
-    execs: Mutex<Vec<String>>,
-    writes: Mutex<Vec<(String, Option<u32>)>>,
+    pub(crate) execs: Mutex<Vec<String>>,
+    pub(crate) writes: Mutex<Vec<(String, Option<u32>)>>,
 }
 
 impl FakeMachine {
@@ -96,7 +96,7 @@ impl Machine for FakeMachine {
         &self,
         command: &str,
         _env: &[(String, String)],
-        _on_line: OnLine<'_>,
+        _on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
         self.execs.lock().unwrap().push(command.to_string());
         let stdout = command
@@ -126,6 +126,7 @@ impl Machine for FakeMachine {
         Ok(Uploaded {
             bytes: buf.len() as u64,
             via: UploadPath::Normal,
+            retried: false,
         })
     }
     async fn upload_tree(
@@ -169,23 +170,23 @@ impl Machine for FakeMachine {
 }
 
 /// One step's world: a real broker and audit log, a project dir, a fake machine.
-struct Host {
+pub(crate) struct Host {
     _dir: tempfile::TempDir,
     audit_path: PathBuf,
     broker: Arc<Broker>,
     project: Project,
-    machine: Arc<FakeMachine>,
-    logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
-    secrets: HashMap<String, String>,
+    pub(crate) machine: Arc<FakeMachine>,
+    pub(crate) logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
+    pub(crate) secrets: HashMap<String, String>,
     secret_calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl Host {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(None, None)
     }
 
-    fn with(project: Option<&Path>, machine_root: Option<&Path>) -> Self {
+    pub(crate) fn with(project: Option<&Path>, machine_root: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let audit_path = dir.path().join("audit.jsonl");
         let project_dir = project.map(Path::to_path_buf).unwrap_or_else(|| {
@@ -221,7 +222,7 @@ impl Host {
             .scope("web.test", "step 1 wasm", Holder::Step, g)
     }
 
-    fn env(&self, allow: &str) -> StepEnv {
+    pub(crate) fn env(&self, allow: &str) -> StepEnv {
         let scope = self.scope(allow);
         let logs = self.logs.clone();
         let secrets = self.secrets.clone();
@@ -243,7 +244,7 @@ impl Host {
         }
     }
 
-    async fn run(
+    pub(crate) async fn run(
         &self,
         name: &str,
         config: serde_json::Value,
@@ -255,7 +256,7 @@ impl Host {
     }
 
     /// (capability, object, outcome) of every audit line so far.
-    fn audits(&self) -> Vec<(String, String, String)> {
+    pub(crate) fn audits(&self) -> Vec<(String, String, String)> {
         let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
         text.lines()
             .map(|l| {
@@ -269,11 +270,11 @@ impl Host {
             .collect()
     }
 
-    fn audited(&self, cap: &str) -> bool {
+    pub(crate) fn audited(&self, cap: &str) -> bool {
         self.audits().iter().any(|(c, _, _)| c == cap)
     }
 
-    fn denied(&self, cap: &str) -> Vec<String> {
+    pub(crate) fn denied(&self, cap: &str) -> Vec<String> {
         self.audits()
             .into_iter()
             .filter(|(c, _, o)| c == cap && o.starts_with("denied"))
@@ -282,15 +283,16 @@ impl Host {
     }
 }
 
-fn limits() -> WasmLimits {
+pub(crate) fn limits() -> WasmLimits {
     WasmLimits {
-        timeout: Duration::from_secs(20),
+        // Generous: only a guest that hangs should hit it on a loaded machine.
+        timeout: Duration::from_secs(120),
         ..WasmLimits::default()
     }
 }
 
 /// `#{ read: ["<dir>"] }` for an absolute directory.
-fn read_grant(dir: &Path) -> String {
+pub(crate) fn read_grant(dir: &Path) -> String {
     format!("#{{ read: [{:?}] }}", dir.display().to_string())
 }
 
@@ -341,7 +343,7 @@ impl Sandbox {
     }
 }
 
-fn assert_refused(result: &Result<String, WasmError>) -> String {
+pub(crate) fn assert_refused(result: &Result<String, WasmError>) -> String {
     match result {
         Ok(s) => panic!("the guest got out: {s}"),
         Err(e) => {
@@ -427,7 +429,7 @@ async fn consul_writes_service_definition_and_uploads_files() {
         .run(
             "consul_provisioner",
             config,
-            r#"#{ machine: true, read: ["files/consul"] }"#,
+            r#"#{ machine: true, metadata: true, read: ["files/consul"] }"#,
             limits(),
         )
         .await
@@ -478,6 +480,44 @@ async fn consul_writes_service_definition_and_uploads_files() {
             && r.starts_with("ok (")),
         "{audits:?}"
     );
+    // The service is reported as build metadata for the registry record, and audited.
+    assert!(
+        audits.contains(&(
+            "metadata".into(),
+            "consul service web:80".into(),
+            "ok".into()
+        )),
+        "{audits:?}"
+    );
+    let notes = host
+        .broker
+        .extension::<kiln::caps::registry::RegistryRun>()
+        .take("web.test");
+    assert_eq!(notes.consul_services.len(), 1);
+    assert_eq!(notes.consul_services[0].name, "web");
+    assert_eq!(notes.consul_services[0].port, Some(80));
+    assert_eq!(notes.consul_services[0].tags, vec!["v1".to_string()]);
+}
+
+/// A step that turns `metadata` off cannot run a guest that reports metadata: the link
+/// is refused before anything runs, naming the grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn consul_without_the_metadata_grant_is_refused_at_link() {
+    let machine = tempfile::tempdir().unwrap();
+    let host = Host::with(None, Some(machine.path()));
+    let err = host
+        .run(
+            "consul_provisioner",
+            serde_json::json!({ "service": "web", "port": 80 }),
+            "#{ machine: true, metadata: false }",
+            limits(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WasmError::Link(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("metadata"), "{msg}");
+    assert!(host.machine.execs.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -502,7 +542,12 @@ async fn consul_rejects_invalid_config_before_touching_the_machine() {
     ] {
         let host = Host::new();
         let err = host
-            .run("consul_provisioner", config, "#{ machine: true }", limits())
+            .run(
+                "consul_provisioner",
+                config,
+                "#{ machine: true, metadata: true }",
+                limits(),
+            )
             .await
             .unwrap_err()
             .to_string();
@@ -528,7 +573,7 @@ async fn consul_upload_outside_read_grant_is_denied() {
             .run(
                 "consul_provisioner",
                 config,
-                r#"#{ machine: true, read: ["granted"] }"#,
+                r#"#{ machine: true, metadata: true, read: ["granted"] }"#,
                 limits(),
             )
             .await,
@@ -856,7 +901,8 @@ async fn infinite_loop_is_stopped_at_the_deadline_without_blocking_tokio() {
     });
     let started = Instant::now();
     let lim = WasmLimits {
-        timeout: Duration::from_millis(800),
+        // Long enough for the ticker to tick a few times even on a loaded machine.
+        timeout: Duration::from_secs(3),
         ..WasmLimits::default()
     };
     let err = host
@@ -957,9 +1003,11 @@ async fn compiled_components_are_cached_on_disk_and_tampering_is_ignored() {
     let wasm = guest("hello_provisioner");
     let e1 = WasmEngine::new(Some(cache.path().to_path_buf())).unwrap();
     e1.load(&wasm).unwrap();
+    // The compiled component, beside the cache's key.
     let files: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
 

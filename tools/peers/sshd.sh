@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # sshd.sh - a throwaway OpenSSH sshd on 127.0.0.1 for kiln's examples and benchmarks.
 #
-#   sshd.sh install            install openssh-server + openssh-client if missing, create the
-#                              password-test user kilntest (idempotent)
+#   sshd.sh install            install openssh-server + openssh-client (ssh-agent, ssh-add) if
+#                              missing, create the password-test user kilntest, whose password
+#                              the password and PAM keyboard-interactive tests use (idempotent)
 #   sshd.sh start PORT DIR     start sshd on 127.0.0.1:PORT (PORT 0 = pick a free one) with its own
 #                              host key, client key and config in DIR; prints PORT, FINGERPRINT, KEY,
 #                              KNOWN_HOSTS as KEY=value lines (eval-able)
 #   sshd.sh stop DIR           stop the sshd started with DIR (only that pid)
+#
+# MOTO_KEYS=http://127.0.0.1:PORT on start: sshd also accepts the public keys of the EC2 key
+# pairs that moto_server holds (an AuthorizedKeysCommand asking moto's DescribeKeyPairs), as
+# an instance booted from such a key pair would (examples/aws-ami, bench/amazon).
 #
 # The integration tests do not use this script: tests/it/peers/sshd.rs starts its own sshd the
 # same way so every test owns its peer.
@@ -17,7 +22,9 @@ die() { echo "sshd.sh: $*" >&2; exit 1; }
 install() {
   local missing=()
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  # ssh-agent and ssh-add: the agent-auth tests (tests/it/peers/agent.rs)
   command -v ssh >/dev/null && command -v scp >/dev/null && command -v ssh-keygen >/dev/null \
+    && command -v ssh-agent >/dev/null && command -v ssh-add >/dev/null \
     || missing+=(openssh-client)
   if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -72,6 +79,20 @@ UseDNS no
 PrintMotd no
 LogLevel VERBOSE
 CFG
+  if [ -n "${MOTO_KEYS:-}" ]; then
+    # sshd checks the program's path (root-owned python3), not the script it is given.
+    cat > "$dir/moto-keys.py" <<PY
+import re, urllib.request
+req = urllib.request.Request("${MOTO_KEYS%/}/", data=b"Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15",
+    headers={"Authorization": "AWS4-HMAC-SHA256 Credential=x/20240101/${MOTO_REGION:-us-east-1}/ec2/aws4_request, SignedHeaders=host, Signature=00",
+             "Content-Type": "application/x-www-form-urlencoded"})
+keys = re.findall(r"<publicKey>([^<]+)</publicKey>", urllib.request.urlopen(req, timeout=30).read().decode())
+open("$dir/moto-keys.calls", "a").write("1\n")   # benchmarks subtract these lookups from moto's request count
+for k in keys:
+    print(k.strip())
+PY
+    printf 'AuthorizedKeysCommand /usr/bin/python3 %s %%u\nAuthorizedKeysCommandUser root\n' "$dir/moto-keys.py" >> "$dir/sshd_config"
+  fi
   /usr/sbin/sshd -t -f "$dir/sshd_config" || die "sshd rejected $dir/sshd_config"
   setsid /usr/sbin/sshd -D -e -f "$dir/sshd_config" </dev/null >"$dir/sshd.log" 2>&1 &
   local pid=$!

@@ -373,7 +373,7 @@ impl Ec2Client {
             action,
             region = %self.region,
             attempt,
-            ms = duration.as_millis() as u64,
+            ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             outcome = %outcome.label(),
             "EC2 call"
         );

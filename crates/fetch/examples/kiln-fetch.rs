@@ -35,7 +35,11 @@ impl Observer for Events {
             return;
         }
         let Some(f) = p.fraction() else { return };
-        let decile = (f * 10.0) as u64;
+        // fraction() is within 0..=1, so the decile is 0..=10.
+        let decile = (0..=10u8)
+            .rev()
+            .find(|d| f * 10.0 >= f64::from(*d))
+            .map_or(0, u64::from);
         let Ok(mut last) = self.last_decile.lock() else {
             return;
         };

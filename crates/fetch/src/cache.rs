@@ -817,7 +817,7 @@ mod tests {
         m.boot_id = Some("00000000-0000-0000-0000-000000000000".into());
         write_json_atomic(&c.paths(&key).marker, &m).unwrap();
         let mtime = fs::metadata(&hit.path).unwrap().modified().unwrap();
-        let zeros = vec![0u8; hit.marker.size as usize];
+        let zeros = vec![0u8; usize::try_from(hit.marker.size).expect("test file size fits usize")];
         {
             let f = fs::OpenOptions::new().write(true).open(&hit.path).unwrap();
             std::os::unix::fs::FileExt::write_all_at(&f, &zeros, 0).unwrap();

@@ -48,3 +48,10 @@ pub use error::FetchError;
 pub use fetcher::{FetchConfig, FetchRequest, Fetched, Fetcher, LocalMode, Origin};
 pub use observe::{Observer, Progress, Restart, Silent};
 pub use source::Target;
+
+/// `input` (a URL or a path) as it may be shown: a password in the URL and credential-like
+/// query values (`X-Amz-Signature`, `token`, ...) replaced by `<redacted>`. For callers
+/// that name an input before fetching it.
+pub fn redact_url(input: &str) -> String {
+    redact::location(input)
+}

@@ -266,7 +266,8 @@ impl DockerArchive {
             if cm.size > MAX_DOC as u64 {
                 return Err(not("a config is too large".into()));
             }
-            let mut config_json = vec![0u8; cm.size as usize];
+            let mut config_json =
+                vec![0u8; usize::try_from(cm.size).expect("at most MAX_DOC, checked above")];
             file.seek(SeekFrom::Start(cm.offset)).map_err(read)?;
             file.read_exact(&mut config_json).map_err(read)?;
             let config = ImageConfig::from_json(&config_json)?;

@@ -385,5 +385,5 @@ impl<W: Write> Walker<W> {
 }
 
 fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+    rustix::fs::OFlags::NOFOLLOW.bits().cast_signed()
 }

@@ -250,7 +250,7 @@ impl OciLayout {
             return Err(FormatError::TooLarge { limit: MAX_DOC }.into());
         }
         let mut r = self.open_blob(d)?;
-        let mut v = Vec::with_capacity(d.size as usize);
+        let mut v = Vec::with_capacity(usize::try_from(d.size).unwrap_or(0));
         r.read_to_end(&mut v)
             .map_err(|e| LayoutError::BlobCorrupt {
                 digest: d.digest.clone(),

@@ -169,7 +169,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn pad(&mut self, len: u64) -> io::Result<()> {
-        let rem = (len % BLOCK as u64) as usize;
+        let rem = usize::try_from(len % BLOCK as u64).expect("less than BLOCK");
         if rem != 0 {
             self.put(&[0u8; BLOCK][..BLOCK - rem])?;
         }
@@ -272,7 +272,10 @@ fn ustar_block(
     put_octal(&mut b[108..116], h.uid.min(MAX_OCTAL_7))?;
     put_octal(&mut b[116..124], h.gid.min(MAX_OCTAL_7))?;
     put_octal(&mut b[124..136], size)?;
-    put_octal(&mut b[136..148], (h.mtime.max(0) as u64).min(MAX_OCTAL_11))?;
+    put_octal(
+        &mut b[136..148],
+        h.mtime.max(0).unsigned_abs().min(MAX_OCTAL_11),
+    )?;
     b[156] = flag;
     b[157..157 + link.len()].copy_from_slice(link);
     b[257..263].copy_from_slice(b"ustar\0");
@@ -337,7 +340,7 @@ impl<R: Read> TarReader<R> {
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
         let mut buf = [0u8; 8192];
         while n > 0 {
-            let want = n.min(buf.len() as u64) as usize;
+            let want = usize::try_from(n.min(buf.len() as u64)).unwrap_or(buf.len());
             let got = self.inner.read(&mut buf[..want])?;
             if got == 0 {
                 return Err(io::Error::new(
@@ -372,7 +375,7 @@ impl<R: Read> TarReader<R> {
                 "a {what} of {size} bytes (at most {limit} accepted)"
             )));
         }
-        let mut v = vec![0u8; size as usize];
+        let mut v = vec![0u8; usize::try_from(size).expect("at most limit, checked above")];
         self.inner.read_exact(&mut v)?;
         let pad = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
         self.skip(pad)?;
@@ -472,7 +475,8 @@ impl<R: Read> TarReader<R> {
             }
             let mut h = Header::new(path, Kind::File);
             h.link = cstr(&b[157..257]).to_vec();
-            h.mode = (parse_number(&b[100..108], "mode")? & 0o7777) as u32;
+            h.mode = u32::try_from(parse_number(&b[100..108], "mode")? & 0o7777)
+                .expect("12 bits fit a u32");
             h.uid = parse_number(&b[108..116], "uid")?;
             h.gid = parse_number(&b[116..124], "gid")?;
             h.size = size;
@@ -543,7 +547,7 @@ impl<R: Read> Read for TarReader<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = (buf.len() as u64).min(self.remaining) as usize;
+        let want = usize::try_from((buf.len() as u64).min(self.remaining)).unwrap_or(buf.len());
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -579,9 +583,9 @@ fn verify_checksum(b: &[u8; BLOCK]) -> Result<(), TarError> {
     for (i, &x) in b.iter().enumerate() {
         let x = if (148..156).contains(&i) { b' ' } else { x };
         unsigned += u64::from(x);
-        signed += i64::from(x as i8);
+        signed += i64::from(x.cast_signed());
     }
-    if stored == unsigned || stored as i64 == signed {
+    if stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed) {
         Ok(())
     } else {
         Err(TarError::Corrupt("a header checksum does not match".into()))

@@ -387,7 +387,10 @@ impl Drop for RegistryPeer {
 
 fn stop_child(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        if let Some(pid) = i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -596,7 +599,7 @@ struct TokenCtx {
 }
 
 fn pct_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let hex = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -701,7 +704,8 @@ impl TokenCtx {
     }
 
     fn token(&self, scopes: &[String]) -> Option<String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+        let now =
+            i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
         let mut access = Vec::new();
         for s in scopes {
             // repository:<name>:<actions>; names have no ':' but may be host-less paths.

@@ -699,7 +699,7 @@ fn copy_exact(from: &mut dyn Read, to: &mut File, size: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut left = size;
     while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
+        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
         let n = from.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(

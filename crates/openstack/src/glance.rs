@@ -523,21 +523,39 @@ impl Glance {
                 Err(e) => return Err(e),
             }
         }
-        match self
-            .call(
-                Method::DELETE,
-                &path,
-                Payload::None,
-                &format!("deleting image {id}"),
-            )
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(id, "deleted Glance image");
-                Ok(Deleted::Deleted)
+        // An image whose upload was just cut is still `saving` on Glance's side until the
+        // upload request ends there; meanwhile a delete can answer 409 or 500. Cleanup
+        // must not give up on that: try again for about half a minute.
+        let mut pause = Duration::from_millis(500);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .call(
+                    Method::DELETE,
+                    &path,
+                    Payload::None,
+                    &format!("deleting image {id}"),
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(id, "deleted Glance image");
+                    return Ok(Deleted::Deleted);
+                }
+                Err(Error::NotFound { .. }) => return Ok(Deleted::AlreadyGone),
+                Err(e @ (Error::Conflict { .. } | Error::Api { .. })) if tries < 10 => {
+                    if let Error::Api { status, .. } = &e
+                        && *status < 500
+                    {
+                        return Err(e);
+                    }
+                    tracing::info!(id, error = %e, "Glance refused the delete for now; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
-            Err(Error::NotFound { .. }) => Ok(Deleted::AlreadyGone),
-            Err(e) => Err(e),
         }
     }
 }

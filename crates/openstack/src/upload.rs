@@ -193,7 +193,9 @@ mod tests {
     async fn streams_hashes_and_reports_progress() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
-        let data: Vec<u8> = (0..(3 * CHUNK + 123)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(3 * CHUNK + 123))
+            .map(|i| u8::try_from(i % 251).expect("below 251"))
+            .collect();
         std::fs::write(&p, &data).unwrap();
         let last = Arc::new(AtomicU64::new(0));
         let l2 = last.clone();

@@ -1,9 +1,11 @@
 //! Pre-bakes a Consul service definition (and its health check) into an image.
 //!
 //! Writes `<consul_dir>/<service>.json` on the machine (mode 0640) and uploads any
-//! extra files the step lists, which must live in a directory granted with `read`.
+//! extra files the step lists, which must live in a directory granted with `read`,
+//! then reports the service as build metadata, so the build's registry record says
+//! which Consul services the image registers.
 
-use kiln_guest::{Context, bail, ensure, info, machine};
+use kiln_guest::{Context, bail, ensure, info, machine, metadata};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -181,6 +183,15 @@ kiln_guest::provisioner!(
                 .with_context(|| format!("uploading {} to {}", f.from, f.to))?;
             info!("uploaded {} -> {}", f.from, f.to);
         }
+
+        // Validated above to be 1-65535.
+        let port = u16::try_from(cfg.port).ok();
+        metadata::consul_service(&metadata::ConsulService {
+            name: cfg.service.clone(),
+            port,
+            tags: cfg.tags.clone(),
+        })
+        .context("reporting the service as build metadata")?;
 
         let check = match &cfg.check {
             Some(c) if c.http.is_some() => format!(", http check every {}", c.interval),

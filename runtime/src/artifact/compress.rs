@@ -42,12 +42,26 @@ pub enum CompressError {
         min: i32,
         max: i32,
     },
+    #[error(
+        "no space left writing {path}: the file system holding {dir} is full. The partial \
+         file was removed; free space there or write the output to a larger file system"
+    )]
+    NoSpace { path: PathBuf, dir: PathBuf },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// A full file system, however deep in a wrapped error it was reported.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+        || e.kind() == io::ErrorKind::StorageFull
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<io::Error>())
+            .is_some_and(is_no_space)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +162,7 @@ pub fn compress_blocking(
         })?;
     let out_path = output.to_path_buf();
     let started = std::time::Instant::now();
-    let result = write_all(format, inputs, file, level, threads, progress);
+    let result = write_all(format, inputs, output, file, level, threads, progress);
     match result {
         Ok(size) => {
             tracing::info!(output = %out_path.display(), size, format = format.name(), threads,
@@ -162,7 +176,18 @@ pub fn compress_blocking(
         Err(e) => {
             cleanup.release(id);
             let _ = std::fs::remove_file(&out_path);
-            Err(e)
+            Err(match e {
+                // Only the output is written, so a full disk is the output's.
+                CompressError::Io { source, .. } if is_no_space(&source) => {
+                    CompressError::NoSpace {
+                        dir: out_path
+                            .parent()
+                            .map_or_else(|| out_path.clone(), Path::to_path_buf),
+                        path: out_path,
+                    }
+                }
+                e => e,
+            })
         }
     }
 }
@@ -216,6 +241,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Compress
 fn write_all(
     format: CompressFormat,
     inputs: &[PathBuf],
+    output: &Path,
     file: File,
     level: i32,
     threads: usize,
@@ -223,8 +249,8 @@ fn write_all(
 ) -> Result<u64, CompressError> {
     let out = BufWriter::with_capacity(1 << 20, file);
     let out_err = |source| CompressError::Io {
-        what: "cannot write the compressed output for",
-        path: inputs[0].clone(),
+        what: "cannot write",
+        path: output.to_path_buf(),
         source,
     };
     let file = match format {
@@ -473,6 +499,49 @@ impl<W: Write> Write for ParallelGzWriter<W> {
         // Flushing mid-stream would cut a member short for nothing; data is written
         // as blocks complete and everything is out after `finish`.
         Ok(())
+    }
+}
+
+/// [`ParallelGzWriter`] as the OCI builder's layer compressor: layers are gzipped on
+/// every core. The output depends only on the input and the level (blocks and members
+/// are cut at fixed offsets, libdeflate's header has no time or name), so layers stay
+/// reproducible whatever the thread count.
+#[derive(Debug, Clone, Copy)]
+pub struct ParallelGzip {
+    pub level: u32,
+    pub threads: usize,
+}
+
+struct GzLayer<'a>(ParallelGzWriter<&'a mut dyn Write>);
+
+impl Write for GzLayer<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl kiln_oci::FinishWrite for GzLayer<'_> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.0.finish().map(|_| ())
+    }
+}
+
+impl kiln_oci::Compressor for ParallelGzip {
+    fn compression(&self) -> kiln_oci::Compression {
+        kiln_oci::Compression::Gzip
+    }
+    fn compress<'a>(
+        &self,
+        out: &'a mut dyn Write,
+    ) -> io::Result<Box<dyn kiln_oci::FinishWrite + 'a>> {
+        Ok(Box::new(GzLayer(ParallelGzWriter::new(
+            out,
+            self.level,
+            self.threads,
+        ))))
     }
 }
 

@@ -26,6 +26,11 @@ pub enum VagrantError {
     Exists { path: PathBuf },
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(
+        "no space left writing the box {path}: its file system is full. The partial box was \
+         removed; free space there or write the box to a larger file system"
+    )]
+    NoSpace { path: PathBuf },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -168,6 +173,9 @@ pub async fn libvirt_box(
         Err(source) => {
             cleanup.release(id);
             let _ = std::fs::remove_file(&out_path);
+            if super::compress::is_no_space(&source) {
+                return Err(VagrantError::NoSpace { path: out_path });
+            }
             Err(VagrantError::Io {
                 what: "cannot write the box",
                 path: out_path,

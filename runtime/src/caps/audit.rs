@@ -62,6 +62,10 @@ impl AuditLog {
         self.path.as_deref()
     }
 
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// Writes one line. Objects and outcomes may carry commands with secret values
     /// in them: they are redacted first and cut to [`MAX_OBJECT`] after, so a cut can
     /// never leave the prefix of a secret in clear.

@@ -7,9 +7,16 @@
 //! [`Denied`] that says exactly which `allow` line to add, and where. Nothing else in
 //! kiln writes capability audit lines, so every path (Rhai, WASM, builders) records
 //! the same call the same way.
+//!
+//! The broker also keeps the run's capability state ([`Broker::extension`]): what a
+//! capability must remember between calls of one run (the registry connection, what
+//! each build resolved and reported), reached from any scope without the layers in
+//! between knowing of it.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::audit::{AuditLog, AuditRecord, now_rfc3339};
@@ -54,18 +61,59 @@ impl Holder {
 pub struct Broker {
     run_id: String,
     audit: AuditLog,
+    ledger: Option<crate::ledger::RunLedger>,
+    extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Broker {
     pub fn new(run_id: impl Into<String>, audit: AuditLog) -> Arc<Self> {
+        Self::with_ledger(run_id, audit, None)
+    }
+
+    /// A broker whose builds record what they create in the run's resource ledger.
+    pub fn with_ledger(
+        run_id: impl Into<String>,
+        audit: AuditLog,
+        ledger: Option<crate::ledger::RunLedger>,
+    ) -> Arc<Self> {
         Arc::new(Broker {
             run_id: run_id.into(),
             audit,
+            ledger,
+            extensions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The run's resource ledger, if kiln could open it.
+    pub fn ledger(&self) -> Option<&crate::ledger::RunLedger> {
+        self.ledger.as_ref()
+    }
+
+    /// The run's one `T`, created on first use: state a capability keeps for the whole
+    /// run (each capability owns its type, so none sees another's).
+    pub fn extension<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut map = self.extensions.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        match entry.clone().downcast::<T>() {
+            Ok(t) => t,
+            // Unreachable: entries are keyed by their own TypeId. Replace rather than panic.
+            Err(_) => {
+                let t = Arc::new(T::default());
+                *entry = t.clone();
+                t
+            }
+        }
     }
 
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The run's redactor: every secret value read in the run is registered here.
+    pub fn redactor(&self) -> &crate::ui::Redactor {
+        self.audit.redactor()
     }
 
     pub fn run_id(&self) -> &str {
@@ -232,6 +280,12 @@ impl Scope {
             outcome,
             duration_ms: (duration_ms * 1000.0).round() / 1000.0,
         });
+    }
+
+    /// Audits one use that [`Scope::check`] already allowed, for calls a library makes
+    /// on its own (one line per EC2 API call, reported by the client's observer).
+    pub fn audit(&self, u: &Use, detail: &str, outcome: &str, duration_ms: f64) {
+        self.write(u, detail, outcome, duration_ms);
     }
 
     /// A refusal that the sandbox itself enforced before kiln was asked (a WASI open

@@ -211,9 +211,10 @@ impl Grants {
         Grants::of(&[("machine", &[]), ("read", &["."])])
     }
 
-    /// What a WASM step gets by default: the machine, nothing on the host.
+    /// What a WASM step gets by default: the machine, and reporting metadata for the
+    /// build's registry record; nothing on the host.
     pub fn wasm_default() -> Self {
-        Grants::of(&[("machine", &[])])
+        Grants::of(&[("machine", &[]), ("metadata", &[])])
     }
 
     /// What every builder gets before its own `grants(cfg)` and the user's `allow`:
@@ -255,6 +256,14 @@ impl Grants {
             self.values.insert(spec.key, parsed);
         }
         Ok(())
+    }
+
+    /// `other`'s grants over these: each capability `other` holds replaces this one's
+    /// (a post-processor's declared grants over its defaults).
+    pub fn extend(&mut self, other: &Grants) {
+        for (k, v) in &other.values {
+            self.values.insert(k, v.clone());
+        }
     }
 
     /// True if `u` is covered by these grants. Paths are matched by component here only

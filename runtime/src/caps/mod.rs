@@ -15,6 +15,7 @@
 mod audit;
 mod broker;
 pub mod grants;
+pub mod limits;
 pub mod rule;
 pub mod spec;
 
@@ -23,7 +24,9 @@ pub mod fs;
 pub mod machine;
 pub mod net;
 pub mod oci;
+pub mod openstack;
 pub mod qemu;
+pub mod registry;
 pub mod secrets;
 pub mod ssh;
 
@@ -40,6 +43,10 @@ pub trait Capability: Sync {
     /// Registers the capability's Rhai functions on a build's runtime engine. Each of
     /// them checks the caller's scope through the facade.
     fn register_rhai(&self, _engine: &mut rhai::Engine) {}
+
+    /// Registers helpers that only compute (parse, never touch anything) on every
+    /// engine, the declaring one too: a builder's `fn grants(cfg)` uses them.
+    fn register_pure(&self, _engine: &mut rhai::Engine) {}
 
     /// The capability's WASM side, if guests can reach it.
     fn wasm(&self) -> Option<&'static dyn crate::wasm::host::Adapter> {
@@ -58,6 +65,9 @@ pub static TABLE: &[&dyn Capability] = &[
     &qemu::Cap,
     &ec2::Cap,
     &oci::Cap,
+    &openstack::Cap,
+    &registry::Cap,
+    &registry::Metadata,
 ];
 
 /// The capability whose `allow` key is `key`.

@@ -57,12 +57,20 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Remove what earlier runs left behind (cloud resources, temp dirs, remote processes).
+    Cleanup(CleanupArgs),
     /// WASM provisioner modules.
     #[command(subcommand)]
     Module(ModuleCommand),
-    /// kiln's caches: the step cache (VM states after each build step) and downloads.
+    /// The artifact registry: list, show, promote, revoke, restore, ancestry.
     #[command(subcommand)]
-    Cache(CacheCommand),
+    Artifacts(super::artifacts::ArtifactsCommand),
+    /// Serve the artifact registry (API, Terraform state, web page); manage its tokens.
+    #[command(subcommand)]
+    Registry(super::artifacts::RegistryCommand),
+    /// kiln's caches (downloaded inputs): list or prune them.
+    #[command(subcommand)]
+    Cache(super::cache::CacheCommand),
     /// Print kiln's version.
     Version,
 }
@@ -73,18 +81,6 @@ pub enum ModuleCommand {
     Inspect {
         /// The .wasm component.
         file: PathBuf,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum CacheCommand {
-    /// List what is cached: step states (per build and step) and downloads.
-    List,
-    /// Remove cache entries no running build uses.
-    Prune {
-        /// Keep the most recently used entries that fit in this size ("20G", "500M").
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<String>,
     },
 }
 
@@ -124,7 +120,8 @@ pub struct BuildArgs {
     /// Pause before every step with the --on-error=ask menu plus [n]ext.
     #[arg(long)]
     pub debug: bool,
-    /// Do not restore or record step states (the step cache).
+    /// Do not reuse or record cached results: VM step states (the step cache) and the
+    /// oci builder's layers.
     #[arg(long)]
     pub no_cache: bool,
     /// Continue the last run's failed or interrupted builds from their last good step.
@@ -137,6 +134,36 @@ pub struct BuildArgs {
     /// grants) and touch nothing.
     #[arg(long, conflicts_with_all = ["resume", "post_only"])]
     pub dry_run: bool,
+}
+
+/// `kiln cleanup` (its logic is in `cli/cleanup.rs`).
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// Only this run (its uuid, as the build printed it).
+    #[arg(long, value_name = "RUN_UUID")]
+    pub run: Option<String>,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only runs started longer ago than this ("2h", "30m", "7d").
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Also sweep this EC2 region for resources tagged by kiln whose `kiln:expires` has
+    /// passed (runs whose ledger is lost); repeatable. Credentials come from the
+    /// environment or `~/.aws` as for a build.
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+    /// The EC2 endpoint for --region sweeps (moto, LocalStack, a VPC endpoint).
+    #[arg(long, value_name = "URL", requires = "regions")]
+    pub endpoint: Option<String>,
+    /// The AWS profile for --region sweeps.
+    #[arg(long, value_name = "NAME", requires = "regions")]
+    pub profile: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"2h\" or \"30m\" ({e})"))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,20 @@
 //! The `kiln` command. Exit codes live here and only here: 0 success, 1 a build
 //! failed (or was interrupted), 2 a usage, script or configuration error.
 
+/// `println!` for the command's own output, except that a reader who went away
+/// (`kiln artifacts list | head`, a test that stopped reading) is not a panic:
+/// there is nobody left to tell, so the write error is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod args;
+mod artifacts;
+mod cache;
+mod cleanup;
 mod init;
 mod step_cache;
 
@@ -46,38 +59,63 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => cmd_validate(&ui, &args),
         Command::Inspect(args) => cmd_inspect(&ui, &args),
         Command::Init { dir } => init::run(&ui, &dir),
+        Command::Cleanup(args) => cleanup::run(&ui, &args),
         Command::Module(ModuleCommand::Inspect { file }) => cmd_module_inspect(&ui, &file),
-        Command::Cache(c) => step_cache::run(&ui, c),
+        Command::Artifacts(cmd) => exit_code(artifacts::run(cmd, cli.global.machine_readable)),
+        Command::Registry(cmd) => exit_code(artifacts::registry(cmd, cli.global.machine_readable)),
+        Command::Cache(c) => cache::run(&ui, &c),
         Command::Version => {
-            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            say!("kiln {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK
         }
     };
     ExitCode::from(code)
 }
 
-/// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor.
+fn exit_code(o: artifacts::Outcome) -> u8 {
+    match o {
+        artifacts::Outcome::Ok => EXIT_OK,
+        artifacts::Outcome::Failed => EXIT_BUILD_FAILED,
+        artifacts::Outcome::Usage => EXIT_USAGE,
+    }
+}
+
+/// `KILN_LOG=debug` turns on logs; they go to stderr through the redactor, with
+/// control characters escaped (colours only on a terminal without `NO_COLOR`).
 fn init_tracing(redactor: &Redactor) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let r = redactor.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(move || RedactingWriter {
             redactor: r.clone(),
             buf: Vec::new(),
+            ansi,
         })
         .try_init();
 }
 
+/// One log event: collected whole, then redacted (so nothing in it is cut before
+/// redaction), escaped and written in one piece.
 struct RedactingWriter {
     redactor: Redactor,
     buf: Vec<u8>,
+    ansi: bool,
 }
+
+/// Longest log event kept; the rest of a bigger one is dropped after redaction.
+const MAX_LOG_EVENT: usize = 1 << 20;
 
 impl Write for RedactingWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        // Bounded: a huge field must not grow memory without limit. Keeping a bit more
+        // than the limit lets a secret at the edge still be matched whole.
+        let room = (MAX_LOG_EVENT + (64 << 10)).saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&data[..data.len().min(room)]);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -88,6 +126,19 @@ impl Write for RedactingWriter {
 impl Drop for RedactingWriter {
     fn drop(&mut self) {
         let text = self.redactor.redact(&String::from_utf8_lossy(&self.buf));
+        let mut text = if self.ansi {
+            crate::ui::escape_controls_but_colours(&text).into_owned()
+        } else {
+            crate::ui::escape_controls(&text).into_owned()
+        };
+        if text.len() > MAX_LOG_EVENT {
+            let mut end = MAX_LOG_EVENT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("… (log event truncated)\n");
+        }
         let _ = std::io::stderr().write_all(text.as_bytes());
     }
 }
@@ -107,7 +158,10 @@ fn report_error(ui: &Ui, msg: &str) {
     if ui.mode() == Mode::MachineReadable {
         ui.event("error", serde_json::json!({ "message": msg }));
     } else {
-        eprintln!("{}", ui.redactor().redact(&format!("Error: {msg}")));
+        // Errors quote what guests and scripts wrote: no control characters reach the
+        // terminal.
+        let text = ui.redactor().redact(&format!("Error: {msg}"));
+        eprintln!("{}", crate::ui::escape_controls(&text));
     }
 }
 
@@ -149,13 +203,19 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
         Err(c) => return c,
     };
     let plan: &Plan = &program.plan;
+    let grant_project = plan.project.clone();
+    let grant_info = move |g: &crate::caps::Grants| resolved_paths(&grant_project, g);
     if ui.mode() == Mode::MachineReadable {
-        ui.event("inspect", plan::inspect_json(plan));
+        ui.event("inspect", plan::inspect_json(plan, &grant_info));
         return EXIT_OK;
     }
     let project = plan.project.clone();
     let wasm_info = move |path: &str| -> Option<String> {
-        let bytes = project.dir().read(path).ok()?;
+        let file = project.dir().open(path).ok()?.into_std();
+        let bytes = match crate::wasm::read_component(file) {
+            Ok(b) => b,
+            Err(e) => return Some(format!("(cannot inspect: {e})")),
+        };
         match crate::wasm::inspect(&bytes) {
             Ok(info) => Some(format!(
                 "imports: {}\n{}",
@@ -165,16 +225,46 @@ fn cmd_inspect(ui: &Ui, args: &PlanArgs) -> u8 {
             Err(e) => Some(format!("(cannot inspect: {e})")),
         }
     };
-    print!(
-        "{}",
-        ui.redactor()
-            .redact(&plan::render_inspect(plan, &wasm_info))
-    );
+    let text = ui
+        .redactor()
+        .redact(&plan::render_inspect(plan, &wasm_info, &grant_info));
+    print!("{}", crate::ui::escape_controls(&text));
     EXIT_OK
 }
 
+/// Where each `read`/`write` grant leads once `~` and symlinks are resolved, when that
+/// differs from what it says, and which grants kiln refuses (`/proc/self/root`).
+fn resolved_paths(project: &crate::caps::Project, grants: &crate::caps::Grants) -> Vec<String> {
+    use crate::caps::FsError;
+    use crate::caps::fs::{READ, WRITE, resolve_grant};
+    let mut out = Vec::new();
+    for spec in [&READ, &WRITE] {
+        for g in grants.paths(spec) {
+            let what = format!("{}({})", spec.key, g.written);
+            let lexical = if g.is_project() {
+                project.path().to_path_buf()
+            } else if Path::new(&g.path).is_absolute() {
+                Path::new(&g.path).to_path_buf()
+            } else {
+                project.path().join(g.normalized())
+            };
+            match resolve_grant(project, g) {
+                Ok(p) if p == lexical && g.path == g.written => {}
+                Ok(p) => out.push(format!("{what} -> {}", p.display())),
+                Err(FsError::Refused { reason, .. }) => {
+                    out.push(format!("{what} -> refused: {reason}"))
+                }
+                // Missing directories are created (write) or reported when used.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => out.push(format!("{what} -> cannot be opened: {e}")),
+            }
+        }
+    }
+    out
+}
+
 fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
-    let bytes = match std::fs::read(file) {
+    let bytes = match std::fs::File::open(file).and_then(crate::wasm::read_component) {
         Ok(b) => b,
         Err(e) => {
             report_error(ui, &format!("{}: {e}", file.display()));
@@ -183,7 +273,8 @@ fn cmd_module_inspect(ui: &Ui, file: &Path) -> u8 {
     };
     match crate::wasm::inspect(&bytes) {
         Ok(info) => {
-            println!("{info}");
+            // Import and export names come from the file: shown escaped.
+            say!("{}", crate::ui::escape_controls(&info.to_string()));
             EXIT_OK
         }
         Err(e) => {
@@ -213,6 +304,7 @@ fn cmd_build(ui: &Ui, args: BuildArgs) -> u8 {
         resume: None,
         post_only: args.post_only,
         reload: Some(reloader(ui, &args.plan)),
+        no_cache: args.no_cache,
     };
     let selected = match crate::runner::select(&program.plan, &opts) {
         Ok(s) => s,
@@ -308,7 +400,8 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
             return EXIT_BUILD_FAILED;
         }
     };
-    let broker = Broker::new(run_id.clone(), audit);
+    let ledger = cleanup::open_run_ledger(ui, &run_id, plan.project.path());
+    let broker = Broker::with_ledger(run_id.clone(), audit, ledger.clone());
     let cancel = Cancel::new();
     spawn_signal_handler(ui.clone(), cancel.clone());
     ui.event(
@@ -316,9 +409,16 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
         serde_json::json!({ "run_uuid": run_id, "builds": selected, "audit_log": audit_path }),
     );
     let started = std::time::Instant::now();
-    let outcomes =
-        crate::runner::run_builds(program, ui.clone(), broker, opts, cancel.clone(), selected)
-            .await;
+    let recorder = crate::runner::registry_record::start(&plan);
+    let outcomes = crate::runner::run_builds(
+        program,
+        ui.clone(),
+        broker.clone(),
+        opts,
+        cancel.clone(),
+        selected,
+    )
+    .await;
 
     let secs = started.elapsed().as_secs_f64();
     let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).collect();
@@ -347,12 +447,18 @@ async fn run_build(ui: &Ui, program: Arc<Program>, opts: RunOptions, selected: V
             ));
         }
     }
+    let recorded = recorder
+        .finish(&plan, &broker, ui, &outcomes, cancel.is_cancelled())
+        .await;
     ui.plain(&format!("\nAudit log: {}", audit_path.display()));
+    if let Some(l) = &ledger {
+        cleanup::finish_run_ledger(ui, l);
+    }
     ui.event(
         "run-end",
         serde_json::json!({ "run_uuid": run_id, "ok": failed.is_empty(), "seconds": secs, "audit_log": audit_path }),
     );
-    if failed.is_empty() && !cancel.is_cancelled() {
+    if failed.is_empty() && recorded && !cancel.is_cancelled() {
         EXIT_OK
     } else {
         EXIT_BUILD_FAILED
@@ -381,11 +487,17 @@ fn describe_artifact(a: Option<&serde_json::Value>) -> String {
         .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
         .unwrap_or_default();
     let id = a["id"].as_str().unwrap_or("");
-    if files.is_empty() {
+    let mut out = if files.is_empty() {
         format!("{id} (provisioned; no files produced)")
     } else {
         files.join(", ")
+    };
+    // published by openstack_image: where users find it (Packer prints the image id)
+    if let Some(image) = a["openstack"]["id"].as_str() {
+        let at = a["openstack"]["endpoint"].as_str().unwrap_or("Glance");
+        out.push_str(&format!("; Glance image {image} at {at}"));
     }
+    out
 }
 
 /// First SIGINT/SIGTERM cancels every build (which then unwinds its cleanup

@@ -332,7 +332,10 @@ fn split_path(path: &str) -> Option<Vec<String>> {
     Some(parts)
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are not UTF-8
+/// (the server's request paths and the `file://` inputs of `caps::net::fetch` both refuse
+/// those rather than guess).
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

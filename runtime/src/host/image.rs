@@ -56,6 +56,17 @@ pub enum ImageError {
     BadFormat(String),
     #[error("could not read qemu-img's answer about {path}: {reason}")]
     BadInfo { path: PathBuf, reason: String },
+    #[error(
+        "qemu-img {action} ran out of space writing {path}: the file system holding {dir} is \
+         full ({stderr}). The partial file was removed; free space there or choose an output \
+         directory on a larger file system"
+    )]
+    NoSpace {
+        action: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
+        stderr: String,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -367,6 +378,8 @@ pub async fn convert(
         cmd.args(["-o", "subformat=streamOptimized"]);
     }
     cmd.arg(src).arg(&dest);
+    // Untranslated messages, so a full disk is recognised (and reported as one).
+    cmd.env("LC_ALL", "C");
 
     // The undo goes on before the process starts: a half-written file is removed too.
     let id = push_remove(cleanup, &dest, "converted disk");
@@ -478,6 +491,14 @@ fn spawn_error(e: std::io::Error) -> ImageError {
 
 fn classify(stderr: String, action: &'static str, path: &Path) -> ImageError {
     let stderr = stderr.trim();
+    if stderr.contains("No space left on device") {
+        return ImageError::NoSpace {
+            action,
+            path: path.to_path_buf(),
+            dir: path.parent().unwrap_or(path).to_path_buf(),
+            stderr: stderr.to_string(),
+        };
+    }
     ImageError::Failed {
         action,
         path: path.to_path_buf(),

@@ -3,8 +3,9 @@
 //! through this trait and only behind the `machine` capability's facade
 //! (`caps::machine`), never through a backend's own types.
 //!
-//! Output is streamed: `exec` hands each line to a callback as it arrives and keeps
-//! only a bounded tail; file reads take a size limit the caller sets.
+//! Output is streamed: `exec` hands each piece of output to a callback as it arrives
+//! (raw bytes: the facade redacts, splits lines and escapes them for display) and
+//! keeps only a bounded tail; file reads take a size limit the caller sets.
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,8 @@ pub enum UploadPath {
 pub struct Uploaded {
     pub bytes: u64,
     pub via: UploadPath,
+    /// The connection dropped during the first attempt and it was made once more.
+    pub retried: bool,
 }
 
 /// `os_id`, `os_version`, `arch`, `kernel`, `hostname`, `user`, ...
@@ -72,6 +75,10 @@ pub enum MachineError {
     /// A remote file is larger than the caller allows.
     #[error("{0}")]
     TooLarge(String),
+    /// kiln refused the call's arguments before reaching the machine (an argument
+    /// over its size limit).
+    #[error("{0}")]
+    Invalid(String),
     /// Anything else, with the backend's message.
     #[error("{0}")]
     Failed(String),
@@ -133,8 +140,8 @@ pub struct Terminal {
     pub output: TermOutput,
 }
 
-/// Receives each line of a command's output as it arrives.
-pub type OnLine<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
+/// Receives each piece of a command's output as it arrives, raw.
+pub type OnOutput<'a> = &'a mut (dyn FnMut(Stream, &[u8]) + Send);
 /// Receives the number of bytes moved so far.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
@@ -149,7 +156,7 @@ pub trait Machine: Send + Sync {
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError>;
 
     /// Copies an open local file to `dest` (created or truncated), then sets `mode`.

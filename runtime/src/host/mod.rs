@@ -4,6 +4,8 @@
 pub mod httpd;
 pub mod image;
 pub mod machine;
+pub mod oci;
 pub mod qemu;
+pub mod rootfs;
 pub mod ssh;
 pub mod vm_cache;

@@ -170,6 +170,8 @@ pub enum Prune {
     All,
     /// Least recently used entries until the layers left take at most this many bytes.
     MaxSize(u64),
+    /// Entries not used for longer than this.
+    OlderThan(std::time::Duration),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -468,6 +470,16 @@ impl VmCache {
             Prune::MaxSize(max) => {
                 while !keep.is_empty() && size_of(&keep) > max {
                     let l = keep.remove(0);
+                    self.remove_entry(&l.entry.key);
+                    report.removed_entries.push(l.entry);
+                }
+            }
+            Prune::OlderThan(age) => {
+                let (old, young): (Vec<Listed>, Vec<Listed>) = keep
+                    .drain(..)
+                    .partition(|l| l.last_used.elapsed().is_ok_and(|e| e > age));
+                keep = young;
+                for l in old {
                     self.remove_entry(&l.entry.key);
                     report.removed_entries.push(l.entry);
                 }

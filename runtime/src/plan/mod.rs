@@ -1,6 +1,7 @@
 //! The plan: what a build script declares. Evaluating the script's top level only
 //! fills this in; `kiln validate` and `kiln inspect` stop here and touch nothing.
 
+mod registry_ref;
 mod render;
 
 use std::collections::BTreeMap;
@@ -9,15 +10,18 @@ use std::time::Duration;
 
 use crate::caps::{Grants, Project};
 
+pub use registry_ref::{RegistryRef, registry_refs, replace_registry_refs};
 pub use render::{inspect_json, render_inspect, render_value};
 
-/// A secret declared with `secret(name)`: an opaque handle whose value the script
-/// cannot print (it is redacted everywhere) and that host code resolves when it
-/// needs it.
+/// A secret declared with `secret(name)` or `secret_file(path)`: an opaque handle
+/// whose value the script cannot print (it is redacted everywhere) and that host code
+/// resolves when it needs it.
 #[derive(Clone)]
 pub struct SecretHandle {
+    /// The environment variable, or the file's path as the script wrote it.
     pub name: String,
     pub(crate) value: Arc<str>,
+    pub(crate) from_file: bool,
 }
 
 impl SecretHandle {
@@ -28,13 +32,17 @@ impl SecretHandle {
 
 impl std::fmt::Debug for SecretHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secret({:?})", self.name)
+        std::fmt::Display::fmt(self, f)
     }
 }
 
 impl std::fmt::Display for SecretHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "secret({:?})", self.name)
+        if self.from_file {
+            write!(f, "secret_file({:?})", self.name)
+        } else {
+            write!(f, "secret({:?})", self.name)
+        }
     }
 }
 
@@ -69,6 +77,10 @@ pub struct SourceSpec {
     /// `build.rhai:12:5`: where the script called `source(...)`, for errors that happen
     /// inside the builder's own script.
     pub declared_at: String,
+    /// Config keys that do not change what the steps do (where the image is pushed, the
+    /// image config applied after them), from the builder's `fn step_cache_ignore(cfg)`:
+    /// left out of the step cache key, so changing them reuses every cached step.
+    pub step_cache_ignore: Vec<String>,
 }
 
 /// The body of one provisioning step.
@@ -157,6 +169,9 @@ pub struct PostSpec {
     pub name: String,
     pub script: ScriptRef,
     pub config: rhai::Map,
+    /// What it holds beyond reading the project and writing where its inputs and
+    /// outputs are: its script's `grants(cfg)` and the user's `allow`.
+    pub grants: Grants,
 }
 
 /// `build(name, #{ sources, steps, post })`.

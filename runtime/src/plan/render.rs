@@ -6,12 +6,21 @@ use serde_json::json;
 
 use rhai::{Array, Dynamic, Map};
 
-use super::{Plan, SecretHandle, StepKind, StepSpec};
+use super::{Plan, RegistryRef, SecretHandle, StepKind, StepSpec};
+use crate::caps::Grants;
+
+/// Where a step's or source's path grants lead when that is not what they say
+/// (`read(~/.ssh) -> /home/me/.ssh`), and which are refused; supplied by the caller,
+/// which may look at the file system.
+pub type GrantInfo<'a> = &'a dyn Fn(&Grants) -> Vec<String>;
 
 /// Renders a value for `kiln inspect` (secrets shown by name only).
 pub fn render_value(v: &Dynamic) -> String {
     if let Some(s) = v.clone().try_cast::<SecretHandle>() {
         return s.to_string();
+    }
+    if let Some(r) = v.clone().try_cast::<RegistryRef>() {
+        return r.to_string();
     }
     if v.is_map() {
         let map = v.clone().cast::<Map>();
@@ -32,7 +41,7 @@ pub fn render_value(v: &Dynamic) -> String {
     v.to_string()
 }
 
-fn step_line(i: usize, s: &StepSpec) -> String {
+fn step_line(i: usize, s: &StepSpec, grant_info: GrantInfo<'_>) -> String {
     let mut extra = Vec::new();
     let o = &s.options;
     if let Some(t) = o.timeout {
@@ -62,16 +71,25 @@ fn step_line(i: usize, s: &StepSpec) -> String {
     } else {
         format!(" [{}]", extra.join("; "))
     };
-    format!(
+    let mut line = format!(
         "    {}. {}{extra}\n         grants: {}",
         i + 1,
         s.describe(),
         s.grants.summary()
-    )
+    );
+    let paths = grant_info(&s.grants);
+    if !paths.is_empty() {
+        line.push_str(&format!("\n         paths:  {}", paths.join("; ")));
+    }
+    line
 }
 
 /// Human-readable plan.
-pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -> String {
+pub fn render_inspect(
+    plan: &Plan,
+    wasm_info: &dyn Fn(&str) -> Option<String>,
+    grant_info: GrantInfo<'_>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -97,6 +115,10 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
     for s in &plan.sources {
         let _ = writeln!(out, "  {}: {} ({})", s.name, s.builder, s.script);
         let _ = writeln!(out, "      grants: {}", s.grants.summary());
+        let paths = grant_info(&s.grants);
+        if !paths.is_empty() {
+            let _ = writeln!(out, "      paths:  {}", paths.join("; "));
+        }
         let mut keys: Vec<_> = s.config.iter().filter(|(_, v)| !v.is_unit()).collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
         for (k, v) in keys {
@@ -110,7 +132,7 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
             let _ = writeln!(out, "    (no steps)");
         }
         for (i, s) in b.steps.iter().enumerate() {
-            let _ = writeln!(out, "{}", step_line(i, s));
+            let _ = writeln!(out, "{}", step_line(i, s, grant_info));
             let info = match &s.kind {
                 StepKind::Wasm { path, .. } => wasm_info(path),
                 _ => None,
@@ -122,13 +144,16 @@ pub fn render_inspect(plan: &Plan, wasm_info: &dyn Fn(&str) -> Option<String>) -
         if !b.post.is_empty() {
             let names: Vec<&str> = b.post.iter().map(|p| p.name.as_str()).collect();
             let _ = writeln!(out, "    post-processors: {}", names.join(" -> "));
+            for p in b.post.iter().filter(|p| p.grants != Grants::default()) {
+                let _ = writeln!(out, "      {} also holds: {}", p.name, p.grants.summary());
+            }
         }
     }
     out
 }
 
 /// The plan as one JSON document (`kiln inspect --machine-readable`).
-pub fn inspect_json(plan: &Plan) -> serde_json::Value {
+pub fn inspect_json(plan: &Plan, grant_info: GrantInfo<'_>) -> serde_json::Value {
     json!({
         "script": plan.script_name,
         "script_sha256": plan.script_sha256,
@@ -136,11 +161,12 @@ pub fn inspect_json(plan: &Plan) -> serde_json::Value {
         "secrets": plan.secrets,
         "sources": plan.sources.iter().map(|s| json!({
             "name": s.name, "builder": s.builder, "script": s.script.to_string(), "grants": s.grants,
+            "paths": grant_info(&s.grants),
         })).collect::<Vec<_>>(),
         "builds": plan.builds.iter().map(|b| json!({
             "name": b.name,
             "sources": b.sources,
-            "steps": b.steps.iter().map(|s| json!({ "kind": s.kind_name(), "describe": s.describe(), "grants": s.grants })).collect::<Vec<_>>(),
+            "steps": b.steps.iter().map(|s| json!({ "kind": s.kind_name(), "describe": s.describe(), "grants": s.grants, "paths": grant_info(&s.grants) })).collect::<Vec<_>>(),
             "post": b.post.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

@@ -3,6 +3,7 @@
 
 pub mod dryrun;
 pub mod pause;
+pub mod registry_record;
 pub mod run;
 pub mod run_history;
 pub mod stepkey;

@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub post_only: bool,
     /// Re-reads the script, for `[r]etry` at a pause.
     pub reload: Option<Reloader>,
+    /// `--no-cache`: backends that restore cached step results run every step.
+    pub no_cache: bool,
 }
 
 /// The result of one (build, source) pair.
@@ -137,6 +139,22 @@ pub async fn run_builds(
             record::last_run(plan.project.path()),
         ))
     });
+    // secret_file() read its files while the script was evaluated, before this run's
+    // audit log existed: those reads are its first lines.
+    let script = broker.scope(
+        "script",
+        "the build script",
+        Holder::Step,
+        Grants::default(),
+    );
+    for path in plan.secrets.iter().filter_map(|s| s.strip_prefix("file:")) {
+        script.event(
+            "read",
+            &format!("{path}: secret_file"),
+            "ok (read while the script was evaluated)",
+            0.0,
+        );
+    }
     let steps = Arc::new(Steps {
         program: program.clone(),
         interaction: Arc::new(Interaction {
@@ -182,6 +200,7 @@ pub async fn run_builds(
             broker.clone(),
             cancel.child(),
             opts.force,
+            opts.no_cache,
             wasm.clone(),
             steps.clone(),
         );
@@ -408,9 +427,11 @@ fn run_script(
         let last = run_post(rt, &engine, &library, artifact, &locate)?;
         return Ok((builder, last));
     }
+    // `registry_artifact(...)` values become the artifacts they name (or fail the build).
+    let config = crate::caps::registry::rhai::resolve_source(rt)?;
     // The builder's step cache inputs (its base image) start the steps' cache keys.
     if rt.step_control().cache != CacheMode::Off
-        && let Some(decl) = super::stepkey::cache_decl(&engine, &ast, &rt.source.config)?
+        && let Some(decl) = super::stepkey::cache_decl(&engine, &ast, &config)?
     {
         let part =
             super::stepkey::input_digests(&rt.plan.project, &rt.builder_scope, &decl.inputs, true)?;
@@ -422,12 +443,13 @@ fn run_script(
     };
     // A failure inside the builder's own script also names the user's source() line,
     // so the user knows which of their declarations to fix.
+    let _budget = engine::begin(&engine::Limits::default());
     let artifact: Map = engine
         .call_fn(
             &mut RhaiScope::new(),
             &ast,
             "run",
-            (Dynamic::from_map(rt.source.config.clone()), ctx),
+            (Dynamic::from_map(config), ctx),
         )
         .map_err(|e| {
             let msg = locate(&e, &rt.source.script.to_string());
@@ -498,13 +520,21 @@ fn run_post(
                 &rt.label,
                 &format!("post-processor {}", post.name),
                 Holder::PostProcessor,
-                post_grants(&artifact, &post.config),
+                own_grants(
+                    engine,
+                    &ast,
+                    &post.config,
+                    &rt.build.name,
+                    post_grants(&artifact, post),
+                )
+                .map_err(|e| format!("post-processor {}: {e}", post.name))?,
             )
             .with_stop_reason(BuildRt::stop_reason_of(Arc::downgrade(rt)));
         let ctx = Ctx {
             rt: rt.clone(),
             scope,
         };
+        let _budget = engine::begin(&engine::Limits::default());
         artifact = engine
             .call_fn(
                 &mut RhaiScope::new(),
@@ -528,8 +558,9 @@ fn run_post(
 }
 
 /// A post-processor may write where the artifact's files are and where its `output`
-/// points, nothing else.
-fn post_grants(artifact: &Map, config: &Map) -> Grants {
+/// points, and hold what it declared (`PostSpec::grants`), nothing else.
+fn post_grants(artifact: &Map, post: &crate::plan::PostSpec) -> Grants {
+    let config = &post.config;
     let mut dirs: Vec<String> = Vec::new();
     let mut add = |p: &str| {
         let d = std::path::Path::new(p)
@@ -554,7 +585,41 @@ fn post_grants(artifact: &Map, config: &Map) -> Grants {
     if let Some(out) = config.get("output").filter(|v| v.is_string()) {
         add(&out.to_string());
     }
-    Grants::for_post_processor(&dirs)
+    let mut g = Grants::for_post_processor(&dirs);
+    g.extend(&post.grants);
+    g
+}
+
+/// Adds what a post-processor's script declares it needs (`fn grants(cfg, build)`, an
+/// allow map; the registry post-processor holds the bucket it records into).
+fn own_grants(
+    engine: &rhai::Engine,
+    ast: &rhai::AST,
+    config: &Map,
+    build: &str,
+    mut grants: Grants,
+) -> Result<Grants, String> {
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == "grants" && f.params.len() == 2)
+    {
+        return Ok(grants);
+    }
+    let allow: Map = engine
+        .call_fn(
+            &mut RhaiScope::new(),
+            ast,
+            "grants",
+            (
+                Dynamic::from_map(config.clone()),
+                Dynamic::from(build.to_string()),
+            ),
+        )
+        .map_err(|e| format!("grants(cfg, build) failed: {e}"))?;
+    grants
+        .apply_allow(&allow)
+        .map_err(|e| format!("grants(cfg, build) returned {e}"))?;
+    Ok(grants)
 }
 
 /// The engine one build runs on: hardened, unlimited operations but cancellable,

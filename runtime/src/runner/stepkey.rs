@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::caps::{Project, Scope};
 use crate::plan::{EnvValue, SourceSpec, StepKind, StepSpec, render_value};
 
-/// A digest over the builder, its configuration (secrets by name) and `extra`.
+/// A digest over the builder, its configuration (secrets by name; without the keys the
+/// builder says its steps do not depend on) and `extra`.
 pub fn base_key(source: &SourceSpec, extra: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"kiln step cache v1\0");
@@ -24,7 +25,11 @@ pub fn base_key(source: &SourceSpec, extra: &str) -> String {
     h.update(b"\0");
     h.update(source.script.to_string().as_bytes());
     h.update(b"\0");
-    h.update(render_value(&rhai::Dynamic::from_map(source.config.clone())).as_bytes());
+    let mut config = source.config.clone();
+    for k in &source.step_cache_ignore {
+        config.remove(k.as_str());
+    }
+    h.update(render_value(&rhai::Dynamic::from_map(config)).as_bytes());
     h.update(b"\0");
     h.update(extra.as_bytes());
     hex::encode(h.finalize())

@@ -524,8 +524,14 @@ fn run_script(
         "p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -TERM -P $p; kill -TERM $p; }} 2>/dev/null; rm -f {remote} {pidf}"
     );
     let undo_label = format!("stop {remote}");
-    let id = rt.cleanup.push(
+    // On record before it starts: a SIGKILLed kiln leaves it to `kiln cleanup`.
+    let record = rt
+        .cleanup
+        .ledger()
+        .and_then(|l| l.record_remote_process(&cap.target(), &remote));
+    let id = rt.cleanup.push_tracked(
         format!("remote script {remote} (process and file)"),
+        record,
         move || async move {
             killer.exec_quiet(&undo_cmd, &undo_label).await?;
             Ok(())
@@ -542,9 +548,23 @@ fn run_script(
         // The whole build is stopping: its unwind kills the script.
         Err(_) if rt.cancel.is_cancelled() => {}
         // A step timeout or a lost command: stop the script now, before a retry.
-        Err(_) => {
+        Err(e) => {
             if let Some(r) = rt.handle.block_on(rt.cleanup.undo_now(id)) {
                 tracing::debug!(what = %r.what, error = ?r.error, "stopped remote script");
+                // A lost connection usually takes the way to stop it with it; say so
+                // rather than let the user believe nothing runs there any more. (An
+                // expected disconnect, a reboot, is the script's own doing.)
+                let expected = step.options.expect_disconnect && e.is_disconnect();
+                if let (Some(why), false) = (&r.error, expected) {
+                    rt.ui.warn(
+                        &rt.label,
+                        &format!(
+                            "could not stop {}: {why}; it may still be running on {}",
+                            r.what,
+                            cap.target()
+                        ),
+                    );
+                }
             }
         }
     }
@@ -563,7 +583,10 @@ fn run_closure(
     };
     rt.ui.say(&rt.label, "Running closure step");
     let m = MachineObj::new(cap.clone(), rt.clone());
-    let r: Result<Dynamic, _> = func.call(engine, &program.ast, (m,));
+    let r: Result<Dynamic, _> = {
+        let _budget = crate::script::engine::begin(&crate::script::engine::Limits::default());
+        func.call(engine, &program.ast, (m,))
+    };
     r.map(|_| ()).map_err(|e| {
         // The failure's kind survives the trip through Rhai; its text gets the
         // script position.
@@ -577,6 +600,11 @@ fn run_closure(
                 message: located,
             },
             _ => match &e.as_ref() {
+                rhai::EvalAltResult::ErrorTerminated(reason, _)
+                    if reason.is::<crate::script::engine::LimitHit>() =>
+                {
+                    StepError::Failed(located)
+                }
                 rhai::EvalAltResult::ErrorTerminated(reason, _) => {
                     StepError::Cancelled(reason.to_string())
                 }

@@ -22,13 +22,19 @@ pub fn check(program: &Program) -> Vec<String> {
     let broker = Broker::new("validate", AuditLog::disabled(Redactor::default()));
     let mut problems = Vec::new();
     let plan = &program.plan;
-    let eng = engine::hardened(engine::Limits::default());
+    let eng = engine::hardened(engine::Limits::declaration());
     for source in &plan.sources {
         let scope = broker.scope(
             &source.name,
             &format!("source {}", source.name),
             Holder::Source,
             source.grants.clone(),
+        );
+        check_grants(
+            program,
+            &source.grants,
+            &format!("{}: source {:?}", source.declared_at, source.name),
+            &mut problems,
         );
         check_source(program, &eng, source, &scope, &mut problems);
     }
@@ -40,10 +46,36 @@ pub fn check(program: &Program) -> Vec<String> {
                 Holder::Step,
                 step.grants.clone(),
             );
+            check_grants(
+                program,
+                &step.grants,
+                &format!("{}: build {:?} step {}", step.declared_at, b.name, i + 1),
+                &mut problems,
+            );
             check_step(program, &b.name, i + 1, step, &scope, &mut problems);
         }
     }
     problems
+}
+
+/// Path grants kiln refuses whatever they say (`/` under another name, `/proc`).
+fn check_grants(
+    program: &Program,
+    grants: &crate::caps::Grants,
+    at: &str,
+    problems: &mut Vec<String>,
+) {
+    use crate::caps::fs::{READ, WRITE, resolve_grant};
+    for spec in [&READ, &WRITE] {
+        for g in grants.paths(spec) {
+            if let Err(FsError::Refused { reason, .. }) = resolve_grant(&program.plan.project, g) {
+                problems.push(format!(
+                    "{at}: allow.{} {:?} is refused: {reason}",
+                    spec.key, g.written
+                ));
+            }
+        }
+    }
 }
 
 /// Why `path` cannot be used, in kiln's words, or `None` if it can.
@@ -106,6 +138,7 @@ fn check_source(
     if !ast.iter_functions().any(|f| f.name == "inputs") {
         return;
     }
+    let _budget = engine::begin(&engine::Limits::declaration());
     let inputs: Map = match eng.call_fn(
         &mut RhaiScope::new(),
         &ast,
@@ -124,13 +157,37 @@ fn check_source(
     let mut keys: Vec<_> = inputs.into_iter().collect();
     keys.sort_by(|a, b| a.0.cmp(&b.0));
     for (option, v) in keys {
-        let Ok(path) = v.into_string() else { continue };
-        // Remote inputs are checked (and granted) when they are fetched.
-        if path.contains("://") {
-            continue;
-        }
-        if let Some(p) = file_problem(program, scope, &path, None, "this source") {
-            problems.push(format!("{at}: source {name:?}: {option}: {p}"));
+        // One path or URL, or a list of them (mirrors).
+        let values: Vec<String> = match v.clone().into_array() {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|x| x.into_string().ok())
+                .collect(),
+            Err(_) => v.into_string().into_iter().collect(),
+        };
+        for path in values {
+            // URLs: their hosts must be granted (`net`); file:// URLs are checked when
+            // they are fetched, through the same read grants as paths.
+            if path.contains("://") {
+                if path.starts_with("file://") {
+                    continue;
+                }
+                match crate::caps::net::fetch::missing_grants(scope, &path) {
+                    Ok(missing) => {
+                        for allow in missing {
+                            problems.push(format!(
+                                "{at}: source {name:?}: {option}: {} needs {allow} in the source's options",
+                                kiln_fetch::redact_url(&path)
+                            ));
+                        }
+                    }
+                    Err(e) => problems.push(format!("{at}: source {name:?}: {option}: {e}")),
+                }
+                continue;
+            }
+            if let Some(p) = file_problem(program, scope, &path, None, "this source") {
+                problems.push(format!("{at}: source {name:?}: {option}: {p}"));
+            }
         }
     }
 }

@@ -35,6 +35,8 @@ pub fn run(
         .load(&bytes)
         .map_err(|e| StepError::Failed(format!("{path}: {e}")))?;
     tracing::debug!(path, digest = provisioner.digest(), "wasm component loaded");
+    // The build's registry record names every module it ran.
+    crate::caps::registry::note_module(scope, path, provisioner.digest());
 
     let mut limits = WasmLimits::default();
     if let Some(m) = step.options.memory {

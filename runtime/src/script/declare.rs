@@ -1,7 +1,8 @@
 //! The functions a build script calls at its top level: `var`, `secret`, `source`,
 //! `build`, the step constructors (`shell`, `file`, `wasm`, `step`), builder
-//! constructors (`qemu`, `ssh_host`, `builder`) and post-processors (`checksum`,
-//! `manifest`, ...). They only record declarations; nothing touches the outside.
+//! constructors (`qemu`, `ssh_host`, `builder`), post-processors (`checksum`,
+//! `manifest`, ...) and `registry_artifact`. They only record declarations; nothing
+//! touches the outside.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,8 @@ use super::stdlib;
 use super::value;
 use crate::caps::Grants;
 use crate::plan::{
-    BuildSpec, EnvValue, PostSpec, ScriptRef, SecretHandle, SourceSpec, StepKind, StepOptions,
-    StepSpec, VarInfo,
+    BuildSpec, EnvValue, PostSpec, RegistryRef, ScriptRef, SecretHandle, SourceSpec, StepKind,
+    StepOptions, StepSpec, VarInfo,
 };
 use crate::ui::Redactor;
 
@@ -79,11 +80,28 @@ pub fn register(engine: &mut Engine, decl: Decl) {
     engine.register_fn("to_string", |s: &mut SourceDraft| {
         format!("{} source", s.builder)
     });
+    engine.register_type_with_name::<RegistryRef>("RegistryArtifact");
+    engine.register_fn("to_string", |r: &mut RegistryRef| r.to_string());
+    engine.register_fn("to_debug", |r: &mut RegistryRef| r.to_string());
 
     register_vars(engine, decl.clone());
     register_sources(engine, decl.clone());
     register_steps(engine);
     register_post(engine, decl.clone());
+
+    let d = decl.clone();
+    engine.register_fn(
+        "registry_artifact",
+        move |ctx: NativeCallContext, q: Map| -> RhaiResult<RegistryRef> {
+            check_open(&ctx, &d, "registry_artifact")?;
+            registry_artifact(&q)
+                .map(|query| RegistryRef {
+                    query,
+                    declared_at: position(&ctx),
+                })
+                .map_err(|m| runtime_err(format!("registry_artifact: {m}"), ctx.call_position()))
+        },
+    );
 
     let d = decl;
     engine.register_fn(
@@ -131,6 +149,20 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
             var(pos, &d, &name, default)
         },
     );
+    let d = decl.clone();
+    engine.register_fn(
+        "secret_file",
+        move |ctx: NativeCallContext, path: &str| -> RhaiResult<SecretHandle> {
+            secret_file(&ctx, &d, path, &Map::new())
+        },
+    );
+    let d = decl.clone();
+    engine.register_fn(
+        "secret_file",
+        move |ctx: NativeCallContext, path: &str, opts: Map| -> RhaiResult<SecretHandle> {
+            secret_file(&ctx, &d, path, &opts)
+        },
+    );
     let d = decl;
     engine.register_fn("secret", move |ctx: NativeCallContext, name: &str| -> RhaiResult<SecretHandle> {
         check_open(&ctx, &d, "secret")?;
@@ -148,8 +180,80 @@ fn register_vars(engine: &mut Engine, decl: Decl) {
         Ok(SecretHandle {
             name: name.to_string(),
             value: value.into(),
+            from_file: false,
         })
     });
+}
+
+/// Largest secret file read: secrets are passwords and tokens, not payloads.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// `secret_file(path[, #{ allow: #{ read: [...] } }])`: the content of a file (a mounted
+/// CI secret) as a secret handle, read now through the project and the script's own
+/// read grant: the project by default, or the directories the `allow` names. One
+/// trailing newline is dropped (`echo pw > file` writes one). The value is registered
+/// with the redactor before the handle exists; the read is audited when the run starts.
+fn secret_file(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    path: &str,
+    opts: &Map,
+) -> RhaiResult<SecretHandle> {
+    check_open(ctx, decl, "secret_file")?;
+    let fail = |m: String| runtime_err(m, ctx.call_position());
+    value::check_keys(opts, &["allow"], "secret_file options").map_err(fail)?;
+    let mut grants = Grants::read_only(".");
+    if let Some(allow) = opts.get("allow") {
+        let allow = allow
+            .clone()
+            .try_cast::<Map>()
+            .ok_or_else(|| fail("allow must be a map like #{ read: [\"/run/secrets\"] }".into()))?;
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let project = lock(decl).library.project().clone();
+    let broker =
+        crate::caps::Broker::new("load", crate::caps::AuditLog::disabled(Redactor::default()));
+    let scope = broker.scope(
+        "script",
+        "the build script",
+        crate::caps::Holder::Step,
+        grants,
+    );
+    let full = crate::caps::fs::expand_home(path);
+    let bytes = project
+        .read_to_vec(&scope, &full, MAX_SECRET_FILE)
+        .map_err(|e| match e {
+            crate::caps::FsError::Denied(d) => fail(format!(
+                "secret_file({path:?}): the file is outside the directories the build script may \
+                 read; grant its directory next to the call: secret_file({path:?}, #{{ {} }})",
+                d.allow
+            )),
+            other => fail(format!("secret_file({path:?}): {other}")),
+        })?;
+    let mut value = String::from_utf8(bytes)
+        .map_err(|_| fail(format!("secret_file({path:?}): the file is not UTF-8 text")))?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(fail(format!("secret_file({path:?}): the file is empty")));
+    }
+    let mut st = lock(decl);
+    st.redactor.add(path, &value);
+    let listed = format!("file:{path}");
+    if !st.secrets.contains(&listed) {
+        st.secrets.push(listed);
+    }
+    Ok(SecretHandle {
+        name: path.to_string(),
+        value: value.into(),
+        from_file: true,
+    })
 }
 
 /// `var(name, default)`: the value from `--var`/`--var-file` converted to the
@@ -381,6 +485,45 @@ fn declare_source(
             )
         })?;
     }
+    // A config that names registry artifacts reads those buckets when the build starts.
+    let mut buckets: Vec<Dynamic> = Vec::new();
+    for (_, r) in crate::plan::registry_refs(&s.config) {
+        let b = Dynamic::from(r.query.bucket.clone());
+        if !buckets.iter().any(|x| x.to_string() == b.to_string()) {
+            buckets.push(b);
+        }
+    }
+    if !buckets.is_empty() {
+        let mut allow = Map::new();
+        allow.insert("registry".into(), Dynamic::from_array(buckets));
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
+    }
+    // Config keys the builder's steps do not depend on (`fn step_cache_ignore(cfg)`).
+    let mut step_cache_ignore = Vec::new();
+    if ast.iter_functions().any(|f| f.name == "step_cache_ignore") {
+        let keys: Array = ctx
+            .engine()
+            .call_fn(
+                &mut Scope::new(),
+                &ast,
+                "step_cache_ignore",
+                (Dynamic::from_map(s.config.clone()),),
+            )
+            .map_err(|e| {
+                runtime_err(
+                    format!("{}: step_cache_ignore(cfg) failed: {e}", s.script),
+                    ctx.call_position(),
+                )
+            })?;
+        for k in keys {
+            step_cache_ignore.push(
+                value::string(&k, "step_cache_ignore")
+                    .map_err(|m| runtime_err(format!("{}: {m}", s.script), ctx.call_position()))?,
+            );
+        }
+    }
     if let Some(allow) = opts.get("allow") {
         let allow = allow.clone().try_cast::<Map>().ok_or_else(|| {
             runtime_err(
@@ -404,7 +547,90 @@ fn declare_source(
         config: s.config,
         grants,
         declared_at,
+        step_cache_ignore,
     });
+    Ok(())
+}
+
+/// `registry_artifact(#{ bucket, channel, platform, region, build })` as a query,
+/// checked now so a typo fails `kiln validate` (the lookup itself waits for the build).
+fn registry_artifact(q: &Map) -> Result<kiln_registry::ArtifactQuery, String> {
+    use kiln_registry::limits;
+    value::check_keys(
+        q,
+        &["bucket", "channel", "platform", "region", "build"],
+        "registry_artifact",
+    )?;
+    let opt = |key: &str| -> Result<Option<String>, String> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_unit() => Ok(None),
+            Some(v) => value::string(v, key).map(Some),
+        }
+    };
+    let bucket = opt("bucket")?.ok_or("`bucket` is required (the image lineage to read)")?;
+    limits::check_name("bucket", &bucket).map_err(|e| e.to_string())?;
+    let channel = opt("channel")?;
+    if let Some(c) = &channel {
+        limits::check_name("channel", c).map_err(|e| e.to_string())?;
+    }
+    let platform = opt("platform")?
+        .ok_or("`platform` is required: qemu, vagrant, aws, oci or openstack")?
+        .parse::<kiln_registry::Platform>()
+        .map_err(|e| e.to_string())?;
+    let region = opt("region")?.unwrap_or_else(|| "local".into());
+    limits::check_region(&region).map_err(|e| e.to_string())?;
+    let build = opt("build")?;
+    if let Some(b) = &build {
+        limits::check_name("build", b).map_err(|e| e.to_string())?;
+    }
+    Ok(kiln_registry::ArtifactQuery {
+        bucket,
+        channel,
+        platform,
+        region,
+        build,
+    })
+}
+
+/// The `registry(...)` post-processor's bucket and labels, checked now so a name the
+/// registry would refuse (SQL text, `../`, a 1 MiB label) fails `kiln validate` at its
+/// line instead of the build.
+fn registry_post(cfg: &Map) -> Result<(), String> {
+    use kiln_registry::limits;
+    let text = |v: &Dynamic| -> Option<String> { v.is_string().then(|| v.to_string()) };
+    if let Some(b) = cfg.get("bucket").filter(|v| !v.is_unit()) {
+        let b = text(b).ok_or("registry: `bucket` must be a string")?;
+        limits::check_name("bucket", &b).map_err(|e| format!("registry: {e}"))?;
+    }
+    if let Some(d) = cfg.get("description").filter(|v| !v.is_unit()) {
+        let d = text(d).ok_or("registry: `description` must be a string")?;
+        limits::check_text("description", &d, limits::MAX_DESCRIPTION, true)
+            .map_err(|e| format!("registry: {e}"))?;
+    }
+    if let Some(l) = cfg.get("labels").filter(|v| !v.is_unit()) {
+        let labels = l
+            .clone()
+            .try_cast::<Map>()
+            .ok_or("registry: `labels` must be a map like #{ os: \"debian\" }")?;
+        if labels.len() > limits::MAX_LABELS {
+            return Err(format!(
+                "registry: {} labels, more than the limit of {}",
+                labels.len(),
+                limits::MAX_LABELS
+            ));
+        }
+        for (k, v) in &labels {
+            limits::check_label_key(k).map_err(|e| format!("registry: {e}"))?;
+            limits::check_text(
+                &format!("label {k:?}"),
+                &v.to_string(),
+                limits::MAX_LABEL_VALUE,
+                false,
+            )
+            .map_err(|e| format!("registry: {e}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -753,7 +979,8 @@ fn register_post(engine: &mut Engine, decl: Decl) {
     );
 }
 
-/// `checksum("sha256")`, `manifest("out/manifest.json")`, `compress("out/x.tar.gz")`:
+/// `checksum("sha256")`, `manifest("out/manifest.json")`, `compress("out/x.tar.gz")`,
+/// `registry("web")`:
 /// a single non-map argument is the post-processor's main option.
 fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     if v.is_map() {
@@ -761,6 +988,8 @@ fn shorthand(name: &str, v: Dynamic) -> Result<Map, String> {
     }
     let key = match name {
         "checksum" => "types",
+        "openstack_image" => "name",
+        "registry" => "bucket",
         _ => "output",
     };
     let mut m = Map::new();
@@ -773,12 +1002,71 @@ fn post(
     decl: &Decl,
     name: &str,
     script: ScriptRef,
-    cfg: Map,
+    mut cfg: Map,
 ) -> RhaiResult<PostSpec> {
+    // `allow` is the user's grant, not an option of the post-processor.
+    let allow = cfg.remove("allow");
     let config = validate_config(ctx, decl, name, &script, cfg)?;
+    if script == ScriptRef::Embedded(crate::caps::registry::POST_PROCESSOR.into()) {
+        registry_post(&config).map_err(|m| runtime_err(m, ctx.call_position()))?;
+    }
+    let grants = post_grants(ctx, decl, &script, &config, allow)?;
     Ok(PostSpec {
         name: name.to_string(),
         script,
         config,
+        grants,
     })
+}
+
+/// What a post-processor holds beyond its defaults: its script's `fn grants(cfg)` (the
+/// `openstack_image` post-processor's holds `qemu` and the cloud its config names),
+/// then the user's `allow` in its options, as for sources.
+fn post_grants(
+    ctx: &NativeCallContext,
+    decl: &Decl,
+    script: &ScriptRef,
+    config: &Map,
+    allow: Option<Dynamic>,
+) -> RhaiResult<Grants> {
+    let mut grants = Grants::default();
+    let library = lock(decl).library.clone();
+    let ast = library.ast(ctx.engine(), script)?;
+    if ast
+        .iter_functions()
+        .any(|f| f.name == "grants" && f.params.len() == 1)
+    {
+        let own: Map = ctx
+            .engine()
+            .call_fn(
+                &mut Scope::new(),
+                &ast,
+                "grants",
+                (Dynamic::from_map(config.clone()),),
+            )
+            .map_err(|e| {
+                runtime_err(
+                    format!("{script}: grants(cfg) failed: {e}"),
+                    ctx.call_position(),
+                )
+            })?;
+        grants.apply_allow(&own).map_err(|e| {
+            runtime_err(
+                format!("{script}: grants(cfg) returned {e}"),
+                ctx.call_position(),
+            )
+        })?;
+    }
+    if let Some(allow) = allow {
+        let allow = allow.try_cast::<Map>().ok_or_else(|| {
+            runtime_err(
+                "allow must be a map like #{ openstack: [\"mycloud\"] }",
+                ctx.call_position(),
+            )
+        })?;
+        grants
+            .apply_allow(&allow)
+            .map_err(|e| runtime_err(e.to_string(), ctx.call_position()))?;
+    }
+    Ok(grants)
 }

@@ -153,6 +153,9 @@ fn message_of(err: &EvalAltResult) -> String {
             }
         }
         EvalAltResult::ErrorTerminated(v, _) => {
+            if let Some(hit) = v.clone().try_cast::<crate::script::engine::LimitHit>() {
+                return hit.0;
+            }
             let s = v.to_string();
             if s.is_empty() { "cancelled".into() } else { s }
         }

@@ -31,6 +31,11 @@ impl Library {
         &self.sources
     }
 
+    /// The project the scripts are read from.
+    pub fn project(&self) -> &Project {
+        &self.project
+    }
+
     /// Compiles (once) the script behind `r`.
     pub fn ast(&self, engine: &Engine, r: &ScriptRef) -> Result<Arc<AST>, Box<EvalAltResult>> {
         let key = r.to_string();

@@ -133,8 +133,11 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Prog
         library: library.clone(),
     }));
 
-    let mut eng = engine::hardened(engine::Limits::default());
-    eng.set_module_resolver(KilnResolver::new(project.clone(), sources.clone()));
+    let limits = engine::Limits::declaration();
+    let mut eng = engine::hardened(limits.clone());
+    eng.set_module_resolver(
+        KilnResolver::new(project.clone(), sources.clone()).with_root(&script_name),
+    );
     declare::register(&mut eng, decl.clone());
     super::api::register_types(&mut eng);
     eng.on_print(|s| tracing::info!(target: "kiln::script", "{s}"));
@@ -165,8 +168,11 @@ pub fn load(path: &Path, opts: &LoadOptions, redactor: &Redactor) -> Result<Prog
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .add_functions(ast.iter_functions().map(|f| f.name.to_string()));
-    eng.run_ast(&ast)
-        .map_err(|e| LoadError::Script(locate(&e)))?;
+    {
+        let _budget = engine::begin(&limits);
+        eng.run_ast(&ast)
+            .map_err(|e| LoadError::Script(locate(&e)))?;
+    }
 
     let mut st = decl.lock().unwrap_or_else(|p| p.into_inner());
     st.sealed = true;

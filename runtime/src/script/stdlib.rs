@@ -11,6 +11,14 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../../scripts/builders/qemu.rhai"),
     ),
     (
+        "builders/amazon_ebs",
+        include_str!("../../../scripts/builders/amazon_ebs.rhai"),
+    ),
+    (
+        "builders/oci",
+        include_str!("../../../scripts/builders/oci.rhai"),
+    ),
+    (
         "post/compress",
         include_str!("../../../scripts/post/compress.rhai"),
     ),
@@ -25,6 +33,14 @@ const FILES: &[(&str, &str)] = &[
     (
         "post/manifest",
         include_str!("../../../scripts/post/manifest.rhai"),
+    ),
+    (
+        "post/openstack_image",
+        include_str!("../../../scripts/post/openstack_image.rhai"),
+    ),
+    (
+        "post/registry",
+        include_str!("../../../scripts/post/registry.rhai"),
     ),
 ];
 

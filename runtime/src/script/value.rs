@@ -121,6 +121,11 @@ pub fn to_json(v: &Dynamic) -> Result<serde_json::Value, String> {
                     allow: #{ secrets: [\"NAME\"] } and read it where it is needed"
             .into());
     }
+    if let Some(r) = v.clone().try_cast::<crate::plan::RegistryRef>() {
+        return Err(format!(
+            "{r} is resolved only where a source's configuration names an image              (disk_image, source_ami, ...), when the build starts"
+        ));
+    }
     if v.is_map() {
         let map = v.clone().cast::<Map>();
         let mut obj = serde_json::Map::new();

@@ -1,7 +1,11 @@
 //! What the user sees: Packer-style lines per build, progress bars on a tty, or one
-//! JSON event per line with `--machine-readable`. Every string passes the redactor.
-//! Logs (`KILN_LOG=debug`) are separate: they go through `tracing` to stderr.
+//! JSON event per line with `--machine-readable`. Every string passes the redactor,
+//! and then has its control characters made visible ([`escape_controls`]) before
+//! kiln adds its own colours, so text from a guest or a remote command cannot drive
+//! the terminal. Logs (`KILN_LOG=debug`) are separate: they go through `tracing` to
+//! stderr, through the same redactor and escaping.
 
+mod escape;
 mod redact;
 pub mod terminal;
 
@@ -12,7 +16,8 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-pub use redact::Redactor;
+pub use escape::{escape_controls, escape_controls_but_colours, escape_json_line};
+pub use redact::{LineStream, RedactStream, Redactor};
 
 /// How output is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +112,8 @@ impl Ui {
         if self.inner.mode == Mode::MachineReadable {
             self.emit(json!({ "type": "ui", "message": msg }));
         } else {
-            self.print_stdout(msg);
+            let msg = self.inner.redactor.redact(msg);
+            self.print_stdout(&escape_controls(&msg));
         }
     }
 
@@ -134,8 +140,8 @@ impl Ui {
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 );
-                bar.set_prefix(build.to_string());
-                bar.set_message(self.inner.redactor.redact(label));
+                bar.set_prefix(escape_controls(build).into_owned());
+                bar.set_message(escape_controls(&self.inner.redactor.redact(label)).into_owned());
                 bar.enable_steady_tick(Duration::from_millis(200));
                 Some(bar)
             }
@@ -153,12 +159,25 @@ impl Ui {
             self.emit(json!({ "type": kind, "build": build, "message": msg }));
             return;
         }
-        let msg = self.inner.redactor.redact(msg);
         let ts = if self.inner.timestamps {
             format!("{}: ", crate::caps::now_rfc3339_pub())
         } else {
             String::new()
         };
+        let text = self.render(kind, build, msg, prefix, &ts);
+        if kind == "error" {
+            self.print_stderr(&text);
+        } else {
+            self.print_stdout(&text);
+        }
+    }
+
+    /// One message as human lines: redacted, control characters made visible, then
+    /// kiln's prefix and colours.
+    fn render(&self, kind: &str, build: &str, msg: &str, prefix: &str, ts: &str) -> String {
+        let msg = self.inner.redactor.redact(msg);
+        let msg = escape_controls(&msg);
+        let build = escape_controls(build);
         let mut text = String::new();
         for (i, l) in msg.lines().enumerate() {
             if i > 0 {
@@ -171,7 +190,7 @@ impl Ui {
                 } else if kind == "warn" {
                     "\x1b[33m"
                 } else {
-                    COLORS[color_index(build)]
+                    COLORS[color_index(&build)]
                 };
                 let bold = if prefix.starts_with("==>") {
                     "\x1b[1m"
@@ -186,11 +205,7 @@ impl Ui {
         if msg.is_empty() {
             text = format!("{ts}{prefix}{build}:");
         }
-        if kind == "error" {
-            self.print_stderr(&text);
-        } else {
-            self.print_stdout(&text);
-        }
+        text
     }
 
     fn emit(&self, mut value: serde_json::Value) {
@@ -198,6 +213,7 @@ impl Ui {
             obj.insert("ts".into(), crate::caps::now_rfc3339_pub().into());
         }
         let line = self.inner.redactor.redact(&value.to_string());
+        let line = escape_json_line(&line);
         let _g = self.inner.out.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -251,6 +267,11 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+
+    /// Whether a bar is drawn (a terminal); callers print milestone lines otherwise.
+    pub fn is_visible(&self) -> bool {
+        self.bar.is_some()
+    }
 }
 
 /// `1.5 MiB`, `312 B`: a byte count for humans.
@@ -267,5 +288,49 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ui(color: bool) -> Ui {
+        Ui {
+            inner: Arc::new(Inner {
+                mode: Mode::Human,
+                verbosity: Verbosity::Normal,
+                color,
+                timestamps: false,
+                redactor: Redactor::default(),
+                out: Mutex::new(()),
+                progress: None,
+            }),
+        }
+    }
+
+    /// A hostile line keeps none of its control bytes; kiln's own colours stay.
+    #[test]
+    fn hostile_output_is_escaped_and_kilns_colours_stay() {
+        let hostile = "\x1b]52;c;cGF5bG9hZA==\x07\x1b]0;owned\x07\rfake ok\x1b[2K";
+        for color in [false, true] {
+            let text = ui(color).render("message", "web", hostile, "    ", "");
+            let without_kiln: String = if color {
+                let c = COLORS[color_index("web")];
+                assert!(text.starts_with(c), "{text:?}");
+                assert!(text.ends_with("\x1b[0m"), "{text:?}");
+                text.trim_start_matches(c)
+                    .trim_end_matches("\x1b[0m")
+                    .to_string()
+            } else {
+                text.clone()
+            };
+            assert!(
+                !without_kiln.chars().any(|c| c.is_control()),
+                "{without_kiln:?}"
+            );
+            assert!(without_kiln.contains("\\x1b]52;c;"), "{without_kiln:?}");
+            assert!(without_kiln.contains("\\rfake ok"), "{without_kiln:?}");
+        }
     }
 }

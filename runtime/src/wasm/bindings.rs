@@ -10,4 +10,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::kiln::host::types::{Error as WitError, ExecOutput as WitExecOutput};
-pub use self::kiln::host::{log, machine, secrets, types};
+pub use self::kiln::host::{log, machine, metadata, secrets, types};

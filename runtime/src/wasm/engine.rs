@@ -213,7 +213,12 @@ impl Provisioner {
         limits: WasmLimits,
     ) -> Result<String, WasmError> {
         let scope = env.scope.clone();
-        let log = LogSink::new(env.log.clone(), scope.clone(), limits.max_log_bytes);
+        let log = LogSink::new(
+            env.log.clone(),
+            scope.clone(),
+            env.redactor.clone(),
+            limits.max_log_bytes,
+        );
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestStdio {
             level: LogLevel::Info,
@@ -295,13 +300,12 @@ impl Provisioner {
             );
         }
         let st = store.data();
+        // Redacted before truncation, so a cut cannot leave part of a secret in clear.
+        let cut =
+            |s: String| truncate_summary(env.redactor.redact(&s), limits.max_output_bytes, &scope);
         match result {
-            Ok(Ok(summary)) => Ok(truncate_summary(summary, limits.max_output_bytes, &scope)),
-            Ok(Err(msg)) => Err(WasmError::Guest(truncate_summary(
-                msg,
-                limits.max_output_bytes,
-                &scope,
-            ))),
+            Ok(Ok(summary)) => Ok(cut(summary)),
+            Ok(Err(msg)) => Err(WasmError::Guest(cut(msg))),
             Err(e) => {
                 if st.deadline_hit || e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     scope.event("wasm.deadline", &format!("{secs:.1}s"), "stopped", 0.0);

@@ -94,6 +94,29 @@ impl Default for WasmLimits {
 /// `kiln module inspect` alike.
 pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
+/// Reads a component file, refusing one larger than [`MAX_COMPONENT_BYTES`] before
+/// reading it (and never reading past the limit, should the file grow meanwhile).
+pub fn read_component(file: std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = |size: u64| {
+        std::io::Error::other(format!(
+            "{size} bytes is larger than the {} MiB limit for a WebAssembly component",
+            MAX_COMPONENT_BYTES >> 20
+        ))
+    };
+    let size = file.metadata()?.len();
+    if size > MAX_COMPONENT_BYTES {
+        return Err(too_large(size));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut buf)?;
+    let read = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+    if read > MAX_COMPONENT_BYTES {
+        return Err(too_large(read));
+    }
+    Ok(buf)
+}
+
 /// The process's wasm engine, created on first use (most builds have no wasm step).
 #[derive(Default)]
 pub struct WasmRuntime {

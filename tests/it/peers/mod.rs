@@ -1,2 +1,4 @@
 //! Real peers the tests start and stop themselves.
+pub mod agent;
+pub mod cutter;
 pub mod sshd;

@@ -24,6 +24,15 @@ pub struct SshdOptions {
     pub extra_key_types: bool,
     /// Allow direct-tcpip (needed when this sshd is a bastion).
     pub allow_tcp_forwarding: bool,
+    /// An `AuthorizedKeysCommand` line (run as root), e.g. one that asks moto for the
+    /// public keys of the key pairs it handed out (tests/it/amazon.rs).
+    pub authorized_keys_command: Option<String>,
+    /// Passwords only through PAM's prompts: `UsePAM yes`, `PasswordAuthentication no`,
+    /// `KbdInteractiveAuthentication yes` (user `PASSWORD_USER`).
+    pub kbd_interactive_pam: bool,
+    /// Trust user certificates signed by a CA made for this server (`TrustedUserCAKeys`);
+    /// see `Sshd::user_ca` and `Sshd::sign_user_key`.
+    pub trusted_user_ca: bool,
 }
 
 impl Default for SshdOptions {
@@ -32,6 +41,9 @@ impl Default for SshdOptions {
             password_auth: false,
             extra_key_types: false,
             allow_tcp_forwarding: true,
+            authorized_keys_command: None,
+            kbd_interactive_pam: false,
+            trusted_user_ca: false,
         }
     }
 }
@@ -48,6 +60,8 @@ pub struct Sshd {
     pub host_key_fingerprint: String,
     /// known_hosts with this server's key under `[127.0.0.1]:port`.
     pub known_hosts_path: PathBuf,
+    /// The user CA's private key when `trusted_user_ca` was set.
+    pub user_ca: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     child: Child,
 }
@@ -86,7 +100,7 @@ fn banner_ready(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut buf = [0u8; 8];
     matches!(s.read_exact(&mut buf), Ok(()) if buf.starts_with(b"SSH-2.0"))
 }
@@ -103,7 +117,7 @@ impl Sshd {
             sshd_bin.exists(),
             "sshd peer: /usr/sbin/sshd is missing: run tools/peers/sshd.sh install"
         );
-        if opts.password_auth {
+        if opts.password_auth || opts.kbd_interactive_pam {
             let known = Command::new("id")
                 .arg(PASSWORD_USER)
                 .output()
@@ -152,6 +166,14 @@ impl Sshd {
             .unwrap_or_else(|| panic!("sshd peer: unexpected ssh-keygen -l output {fp_out:?}"))
             .to_string();
         let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let mut user_ca = None;
+        let mut ca_line = String::new();
+        if opts.trusted_user_ca {
+            let ca = d.join("user_ca");
+            keygen(&ca, "ed25519", None);
+            ca_line = format!("TrustedUserCAKeys {}/user_ca.pub\n", d.display());
+            user_ca = Some(ca);
+        }
 
         // A port picked by bind(0) can be taken before sshd binds it: retry a few times.
         let mut last_log = String::new();
@@ -160,14 +182,21 @@ impl Sshd {
             let config = format!(
                 "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nPidFile none\n\
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPermitRootLogin yes\n\
-                 PubkeyAuthentication yes\nPasswordAuthentication {pw}\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nSubsystem sftp internal-sftp\nAllowTcpForwarding {fwd}\nMaxSessions 100\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication {pw}\nKbdInteractiveAuthentication {kbd}\n\
+                 UsePAM {kbd}\n{ca_line}Subsystem sftp internal-sftp\nAllowTcpForwarding {fwd}\nMaxSessions 100\n\
                  MaxStartups 100:30:200\nUseDNS no\nPrintMotd no\nPrintLastLog no\nLogLevel VERBOSE\n",
                 hk = host_key.display(),
                 d = d.display(),
-                pw = yes_no(opts.password_auth),
+                pw = yes_no(opts.password_auth && !opts.kbd_interactive_pam),
+                kbd = yes_no(opts.kbd_interactive_pam),
                 fwd = yes_no(opts.allow_tcp_forwarding),
             );
+            let mut config = config;
+            if let Some(cmd) = &opts.authorized_keys_command {
+                config.push_str(&format!(
+                    "AuthorizedKeysCommand {cmd}\nAuthorizedKeysCommandUser root\n"
+                ));
+            }
             let config_path = d.join("sshd_config");
             std::fs::write(&config_path, config).expect("write sshd_config");
             let log_path = d.join("sshd.log");
@@ -184,7 +213,8 @@ impl Sshd {
                 .unwrap_or_else(|e| panic!("sshd peer: cannot start /usr/sbin/sshd: {e}"));
             let started = Instant::now();
             let mut exited = false;
-            while started.elapsed() < Duration::from_secs(10) {
+            // Generous: a loaded machine can take a while to start sshd.
+            while started.elapsed() < Duration::from_secs(90) {
                 if banner_ready(port) {
                     let known_hosts_path = d.join("known_hosts");
                     let mut parts = pubkey.split_whitespace();
@@ -202,6 +232,7 @@ impl Sshd {
                         ecdsa_key_path,
                         host_key_fingerprint,
                         known_hosts_path,
+                        user_ca,
                         dir,
                         child,
                     };
@@ -247,6 +278,34 @@ impl Sshd {
     /// returns stdout; panics with stderr if it fails.
     pub fn run(&self, cmd: &str) -> String {
         run_checked(Command::new("sh").arg("-c").arg(cmd), cmd)
+    }
+
+    /// The pid of the listening sshd (its per-connection processes are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Makes a new ed25519 key pair `<dir>/<name>` that `authorized_keys` does not list.
+    pub fn unauthorized_key(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        keygen(&p, "ed25519", None);
+        p
+    }
+
+    /// Signs `<key>.pub` with the user CA (`trusted_user_ca`) for `principals`, valid
+    /// for `validity` (`ssh-keygen -V`, e.g. "-5m:+1h"); returns `<key>-cert.pub`.
+    pub fn sign_user_key(&self, key: &Path, principals: &str, validity: &str) -> PathBuf {
+        let ca = self
+            .user_ca
+            .as_ref()
+            .expect("sshd peer: started without trusted_user_ca");
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-q", "-s"])
+            .arg(ca)
+            .args(["-I", "kiln-test-cert", "-n", principals, "-V", validity])
+            .arg(format!("{}.pub", key.display()));
+        run_checked(&mut cmd, "ssh-keygen -s");
+        PathBuf::from(format!("{}-cert.pub", key.display()))
     }
 
     /// The sshd log so far (useful in assertion messages).

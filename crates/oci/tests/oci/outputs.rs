@@ -211,7 +211,7 @@ fn docker_archive_reads_back_in_kiln_and_skopeo() {
     // A corrupted layer is caught by verify.
     let m = &a.images[0].layers[1];
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[m.offset as usize + 600] ^= 0xff;
+    bytes[usize::try_from(m.offset).unwrap() + 600] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let a = DockerArchive::open(&path).unwrap();
     assert!(matches!(

@@ -308,7 +308,7 @@ fn chunked_uploads_and_corrupt_blobs() {
     // ~3 MiB of incompressible data, pushed in 1 MiB PATCH chunks.
     let tree = t.path().join("tree");
     let data: Vec<u8> = (0..3_200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
         .collect();
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("blob.bin"), &data).unwrap();
@@ -582,7 +582,7 @@ fn bearer_tokens_from_a_real_token_service() {
     assert_eq!(p.image.manifest_descriptor.digest, r.manifest_digest);
     // Tokens are cached per scope: far fewer token requests than registry requests.
     assert!(
-        tokens.issued() < good.requests_sent() as usize / 2,
+        tokens.issued() < usize::try_from(good.requests_sent()).unwrap() / 2,
         "{} tokens for {} requests",
         tokens.issued(),
         good.requests_sent()

@@ -133,6 +133,9 @@ pub(super) fn write_file(
     {
         return sh.fail_io(id, "chmod", &e);
     }
+    // Closed before the reply: the client may run the file next, and exec refuses a
+    // file still open for writing (ETXTBSY, "Text file busy").
+    drop(file);
     let _ = sh.send(id, &Reply::Done { bytes: input.total });
 }
 

@@ -87,15 +87,21 @@ pub(super) fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // Without a user, std can use posix_spawn (a vfork-like clone: cheap even from a
-    // multi-threaded pid 1). A user needs setgroups, which std offers only unstably.
-    if let Some(ids) = ids {
-        let users::Ids { uid, gid, groups } = ids;
-        // SAFETY: the closure only makes raw system calls on data prepared before the
-        // fork (see sys.rs): async-signal-safe, as a child of a multi-threaded process needs.
-        unsafe {
-            cmd.pre_exec(move || sys::set_ids(uid, gid, &groups));
-        }
+    // Every thread of the init blocks SIGCHLD (the reaper takes it with sigwaitinfo) and
+    // a child inherits the mask, which std does not reset: a shell would then wait forever
+    // for its background jobs (`cmd & wait`). Commands start with no signal blocked.
+    // A user also needs setgroups, which std offers only unstably.
+    let ids = ids.map(|users::Ids { uid, gid, groups }| (uid, gid, groups));
+    // SAFETY: the closure only makes raw system calls on data prepared before the
+    // fork (see sys.rs): async-signal-safe, as a child of a multi-threaded process needs.
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::set_signal_mask(&[])?;
+            match &ids {
+                Some((uid, gid, groups)) => sys::set_ids(*uid, *gid, groups),
+                None => Ok(()),
+            }
+        });
     }
     let (done_rd, done_wr) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,

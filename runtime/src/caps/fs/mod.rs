@@ -6,6 +6,12 @@
 //! absolute paths and symlinks that lead outside are refused by the kernel (openat2
 //! RESOLVE_BENEATH) or cap-std's own path walk, never by string checks. Every open
 //! goes through [`Scope::run_sync`], so it is checked and audited in one place.
+//!
+//! A granted directory is checked as opened, not as written: the directory the handle
+//! points at must not be the host's `/` under another name (`/proc/self/root`, a
+//! symlink to `/`, a bind mount of it) and must not be on procfs (whose `root`, `cwd`
+//! and `fd` links lead to other processes' files). [`resolve_grant`] says where a
+//! grant leads, for `kiln inspect` and `kiln validate`.
 
 pub mod rhai;
 pub mod wasm;
@@ -64,6 +70,10 @@ pub enum FsError {
     Denied(#[from] Denied),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    /// kiln refuses this use whatever the grants say: a granted directory that is the
+    /// whole file system under another name, or a path over its size limit.
+    #[error("{what}: {reason}")]
+    Refused { what: String, reason: String },
 }
 
 /// `~/x` as the home directory's `x` (what a `~/...` grant covers); other paths as given.
@@ -125,23 +135,25 @@ impl Project {
         &self.root
     }
 
-    /// Opens a granted root as a `Dir`.
+    /// Opens a granted root as a `Dir`, refusing one that is the whole file system or
+    /// on procfs, whatever its name.
     fn open_root(&self, root: &PathGrant) -> Result<Dir, FsError> {
-        if root.is_project() {
-            return self
-                .root
+        let dir = if root.is_project() {
+            self.root
                 .try_clone()
-                .map_err(|e| FsError::io(&root.written, e));
-        }
-        if Path::new(&root.path).is_absolute() {
+                .map_err(|e| FsError::io(&root.written, e))?
+        } else if Path::new(&root.path).is_absolute() {
             // The script granted this host directory by name: that grant is the
             // authority to open it.
-            return Dir::open_ambient_dir(&root.path, ambient_authority())
-                .map_err(|e| FsError::io(&root.written, e));
-        }
-        self.root
-            .open_dir(root.normalized())
-            .map_err(|e| FsError::io(&root.written, e))
+            Dir::open_ambient_dir(&root.path, ambient_authority())
+                .map_err(|e| FsError::io(&root.written, e))?
+        } else {
+            self.root
+                .open_dir(root.normalized())
+                .map_err(|e| FsError::io(&root.written, e))?
+        };
+        check_granted_dir(&dir, root)?;
+        Ok(dir)
     }
 
     /// Picks the granted root `path` falls under (the broker has already allowed the
@@ -182,6 +194,7 @@ impl Project {
         detail: &str,
         op: impl FnOnce(Dir, &Path) -> io::Result<T>,
     ) -> Result<T, FsError> {
+        path_size(path)?;
         Ok(scope.run_sync(&Use::path(&READ, path), detail, || {
             let (root, rel) = self.granted(scope, &READ, path)?;
             op(root, rel).map_err(|e| FsError::io(path, e))
@@ -195,6 +208,7 @@ impl Project {
         detail: &str,
         op: impl FnOnce(Dir, &Path) -> io::Result<T>,
     ) -> Result<T, FsError> {
+        path_size(path)?;
         Ok(scope.run_sync(&Use::path(&WRITE, path), detail, || {
             let (root, rel) = self.granted(scope, &WRITE, path)?;
             op(root, rel).map_err(|e| FsError::io(path, e))
@@ -231,6 +245,13 @@ impl Project {
     pub fn read_to_vec(&self, scope: &Scope, path: &str, max: u64) -> Result<Vec<u8>, FsError> {
         use std::io::Read;
         let file = self.open_read(scope, path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if size > max {
+            return Err(FsError::io(
+                path,
+                io::Error::other(format!("{size} bytes is larger than the {max}-byte limit")),
+            ));
+        }
         let mut buf = Vec::new();
         file.take(max.saturating_add(1))
             .read_to_end(&mut buf)
@@ -298,6 +319,87 @@ impl Project {
             self.path.join(p)
         }
     }
+}
+
+/// Refuses a path over the size limit before it is matched, audited or opened.
+fn path_size(path: &str) -> Result<(), FsError> {
+    super::limits::path(path.len()).map_err(|e| FsError::Refused {
+        what: "a path".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// `st_dev`/`st_ino` of an open file descriptor.
+fn identity(fd: std::os::fd::RawFd) -> io::Result<(u64, u64)> {
+    // SAFETY: `fd` is open for the duration of the call; `st` is a plain C struct
+    // that fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Whether the directory behind `fd` lives on procfs.
+fn on_procfs(fd: std::os::fd::RawFd) -> io::Result<bool> {
+    // SAFETY: as for `identity`.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type == libc::PROC_SUPER_MAGIC)
+}
+
+/// The checks on a granted directory, made on the open handle (so a symlink swapped
+/// in after the check changes nothing).
+fn check_granted_dir(dir: &Dir, grant: &PathGrant) -> Result<(), FsError> {
+    use std::os::fd::AsRawFd;
+    let refused = |reason: String| FsError::Refused {
+        what: format!("the grant {:?}", grant.written),
+        reason,
+    };
+    let fd = dir.as_raw_fd();
+    let fs_root = std::fs::metadata("/").map_err(|e| FsError::io("/", e))?;
+    let (dev, ino) = identity(fd).map_err(|e| FsError::io(&grant.written, e))?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (dev, ino) == (fs_root.dev(), fs_root.ino()) {
+            return Err(refused(
+                "it leads to / (the whole file system); grant the directories you need".into(),
+            ));
+        }
+    }
+    let proc_links = || {
+        refused(
+            "it leads into /proc, whose links reach other processes' files and whole file systems; grant the directories you need".into(),
+        )
+    };
+    if on_procfs(fd).map_err(|e| FsError::io(&grant.written, e))? {
+        return Err(proc_links());
+    }
+    // Where the kernel says the handle is: a directory reached through another
+    // process's `root` link (another mount namespace's `/`) reads as `/` or under
+    // /proc from here.
+    if let Ok(at) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        if at == Path::new("/") {
+            return Err(refused(
+                "it leads to the root of a file system (`/` as another process sees it); grant the directories you need".into(),
+            ));
+        }
+        if at.starts_with("/proc") {
+            return Err(proc_links());
+        }
+    }
+    Ok(())
+}
+
+/// Where a granted directory leads once symlinks and `~` are resolved, or why it is
+/// refused (or cannot be opened). Opens, never creates.
+pub fn resolve_grant(project: &Project, grant: &PathGrant) -> Result<PathBuf, FsError> {
+    use std::os::fd::AsRawFd;
+    let dir = project.open_root(grant)?;
+    std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|e| FsError::io(&grant.written, e))
 }
 
 #[cfg(test)]
@@ -382,6 +484,47 @@ mod tests {
         assert!(
             e.to_string().contains(r#"allow: #{ read: ["other.txt"] }"#),
             "{e}"
+        );
+    }
+
+    /// `/` under other names is refused as `/` itself is.
+    #[test]
+    fn grants_that_alias_the_file_system_root_are_refused() {
+        let (o, _p, project, _scope) = setup();
+        std::os::unix::fs::symlink("/", o.path().join("to-root")).unwrap();
+        let link = o.path().join("to-root").display().to_string();
+        for grant in [
+            "/proc/self/root",
+            "/proc/self/task",
+            "/proc",
+            link.as_str(),
+            "/dev/fd",
+        ] {
+            let Ok(g) = PathGrant::parse(grant, None) else {
+                continue; // `..` is refused at parse time already
+            };
+            let e = resolve_grant(&project, &g).unwrap_err();
+            assert!(matches!(e, FsError::Refused { .. }), "{grant}: {e}");
+            let broker = Broker::new("r", AuditLog::disabled(Redactor::default()));
+            let mut grants = Grants::default();
+            grants
+                .apply_allow(
+                    &::rhai::Engine::new_raw()
+                        .eval::<::rhai::Map>(&format!("#{{ read: [{grant:?}] }}"))
+                        .unwrap(),
+                )
+                .unwrap();
+            let scope = broker.scope("b", "s", Holder::Step, grants);
+            let e = project
+                .read_to_vec(&scope, &format!("{grant}/etc/hostname"), 1 << 20)
+                .unwrap_err();
+            assert!(matches!(e, FsError::Refused { .. }), "{grant}: {e}");
+        }
+        // A real directory resolves to its canonical path.
+        let g = PathGrant::parse(o.path().to_str().unwrap(), None).unwrap();
+        assert_eq!(
+            resolve_grant(&project, &g).unwrap(),
+            o.path().canonicalize().unwrap()
         );
     }
 

@@ -79,9 +79,18 @@ pub fn register(engine: &mut Engine) {
             c.rt.ui.say(&c.rt.label, &format!("Deleting previous output directory {path} (--force)"));
             std::fs::remove_dir_all(&dir).map_err(|e| err(&ctx, format!("{path}: {e}")))?;
         }
+        // On record until kept: a SIGKILLed build's partial output is kiln cleanup's.
+        let record = c.rt.cleanup.ledger().and_then(|l| {
+            let mut rec = crate::ledger::NewRecord::new(crate::ledger::Kind::OutputDir, "");
+            rec.name = Some(dir.display().to_string());
+            rec.resource_id = rec.name.clone();
+            let id = l.intent(&rec).map_err(|e| tracing::warn!("cannot record {path} in the ledger: {e}")).ok()?;
+            l.supersede(crate::ledger::Kind::OutputDir, &dir.display().to_string(), id);
+            Some(id)
+        });
         std::fs::create_dir_all(&dir).map_err(|e| err(&ctx, format!("{path}: {e}")))?;
         let d = dir.clone();
-        let id = c.rt.cleanup.push(format!("output directory {path}"), move || async move {
+        let id = c.rt.cleanup.push_tracked(format!("output directory {path}"), record, move || async move {
             tokio::fs::remove_dir_all(&d).await.or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
             })?;

@@ -4,6 +4,12 @@
 //! Rhai closures, WASM guests, builders) reaches a [`Machine`]. Every call goes
 //! through [`Scope::run`], so each one is checked against the caller's grant, timed,
 //! and audited with the same capability, object and outcome whichever sandbox made it.
+//!
+//! The facade is also where what crosses into the host is bounded and what comes back
+//! is made fit to show: every argument is measured against `caps::limits` before
+//! anything is built from it, and command output is redacted as a stream, split into
+//! lines (a line without a newline is cut at [`MAX_LINE`]) and only then handed to
+//! the UI, whatever the backend.
 
 pub mod rhai;
 pub mod transfer;
@@ -13,11 +19,13 @@ use std::sync::Arc;
 
 use super::broker::{Scope, ScopeError};
 use super::grants::Use;
+use super::limits::{self, TooLarge};
 use super::spec::{CapSpec, Grammar};
 use crate::host::machine::{
     ExecOutput, Facts, Machine, MachineError, Progress, StepInfo, StepStart, Stream, Terminal,
     UploadPath, Uploaded,
 };
+use crate::ui::LineStream;
 
 pub static SPEC: CapSpec = CapSpec {
     key: "machine",
@@ -49,6 +57,10 @@ pub type OutputSink = Arc<dyn Fn(Stream, &str) + Send + Sync>;
 
 /// Largest file `read_file` returns unless the caller asks for less.
 pub const DEFAULT_READ_LIMIT: u64 = 64 << 20;
+
+/// A line of command output without a newline is shown in pieces of this size, so a
+/// binary blob cannot grow memory without bound.
+pub const MAX_LINE: usize = 64 << 10;
 
 /// The machine as one caller (step, builder) may use it.
 #[derive(Clone)]
@@ -92,6 +104,28 @@ impl MachineCap {
         Use::flag(&SPEC)
     }
 
+    /// Refuses a call whose argument is over its limit: audited with the size only
+    /// (the text may be huge, or hold a secret that a cut would leave half redacted).
+    fn refuse<T>(&self, op: &str, e: TooLarge) -> Result<T, CallError> {
+        self.scope.event(
+            SPEC.key,
+            &format!("{op} (refused)"),
+            &format!("error: {e}"),
+            0.0,
+        );
+        Err(ScopeError::Failed(MachineError::Invalid(e.to_string())))
+    }
+
+    /// Checks each path argument of `op`.
+    fn paths(&self, op: &str, paths: &[&str]) -> Result<(), CallError> {
+        for p in paths {
+            if let Err(e) = limits::path(p.len()) {
+                return self.refuse(op, e);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `command` with the caller's env plus `extra`, streaming output to the UI.
     pub async fn exec(
         &self,
@@ -111,15 +145,31 @@ impl MachineCap {
     ) -> Result<ExecOutput, CallError> {
         let mut env = self.env.clone();
         env.extend(extra.iter().cloned());
+        if let Err(e) = limits::command(command, &env) {
+            return self.refuse("exec", e);
+        }
         let out = self.output.clone();
+        let redactor = self.scope.broker().redactor();
+        let mut stdout = LineStream::new(redactor, MAX_LINE);
+        let mut stderr = LineStream::new(redactor, MAX_LINE);
         self.scope
             .run_with(
                 &Self::use_(),
                 &format!("exec {audit_as}"),
                 async {
-                    self.machine
-                        .exec(command, &env, &mut |s, line| out(s, line))
-                        .await
+                    let r = self
+                        .machine
+                        .exec(command, &env, &mut |s, data| {
+                            let lines = match s {
+                                Stream::Stdout => &mut stdout,
+                                Stream::Stderr => &mut stderr,
+                            };
+                            lines.push(data, &mut |line| out(s, line));
+                        })
+                        .await;
+                    stdout.finish(&mut |line| out(Stream::Stdout, line));
+                    stderr.finish(&mut |line| out(Stream::Stderr, line));
+                    r
                 },
                 |o| match &o.signal {
                     Some(sig) => format!("ok (killed by {sig})"),
@@ -131,6 +181,9 @@ impl MachineCap {
 
     /// Runs a command kiln itself needs (cleanup of a killed step): audited, no output.
     pub async fn exec_quiet(&self, command: &str, audit_as: &str) -> Result<ExecOutput, CallError> {
+        if let Err(e) = limits::command(command, &[]) {
+            return self.refuse("exec", e);
+        }
         self.scope
             .run_with(
                 &Self::use_(),
@@ -150,6 +203,7 @@ impl MachineCap {
         mode: Option<u32>,
         progress: Progress<'_>,
     ) -> Result<Uploaded, CallError> {
+        self.paths("upload", &[src, dest])?;
         self.scope
             .run_with(
                 &Self::use_(),
@@ -171,6 +225,7 @@ impl MachineCap {
         dest: &str,
         progress: Progress<'_>,
     ) -> Result<u64, CallError> {
+        self.paths("upload", &[src, dest])?;
         self.scope
             .run_with(
                 &Self::use_(),
@@ -187,6 +242,15 @@ impl MachineCap {
         contents: &[u8],
         mode: Option<u32>,
     ) -> Result<(), CallError> {
+        self.paths("write_file", &[dest])?;
+        if let Err(e) = limits::check(
+            "the data to write",
+            contents.len(),
+            limits::MAX_WRITE,
+            "; upload a file from a granted directory instead (uploads are streamed)",
+        ) {
+            return self.refuse("write_file", e);
+        }
         self.scope
             .run(
                 &Self::use_(),
@@ -197,6 +261,7 @@ impl MachineCap {
     }
 
     pub async fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, CallError> {
+        self.paths("read_file", &[path])?;
         self.scope
             .run_with(
                 &Self::use_(),
@@ -215,6 +280,7 @@ impl MachineCap {
         file: &mut cap_std::fs::File,
         progress: Progress<'_>,
     ) -> Result<u64, CallError> {
+        self.paths("download", &[remote, local])?;
         self.scope
             .run_with(
                 &Self::use_(),

@@ -134,6 +134,11 @@ fn facts(ctx: &NativeCallContext, m: &MachineObj) -> RhaiResult<Map> {
 
 pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<MachineObj>("Machine");
+    // A host call's failure caught with `try { } catch (e)` reads as its message
+    // (`${e}`), not as the Rust type's name.
+    engine.register_type_with_name::<StepError>("StepError");
+    engine.register_fn("to_string", |e: &mut StepError| e.to_string());
+    engine.register_fn("to_debug", |e: &mut StepError| e.to_string());
     engine.register_fn(
         "exec",
         |ctx: NativeCallContext, m: &mut MachineObj, cmd: &str| exec(&ctx, m, cmd, Map::new()),

@@ -19,14 +19,14 @@ pub fn upload(rt: &Arc<BuildRt>, cap: &MachineCap, src: &str, dest: &str) -> Res
     let is_dir = project.is_dir(scope, src).map_err(fs_err)?;
     rt.ui.say(&rt.label, &format!("Uploading {src} => {dest}"));
     let start = Instant::now();
-    let (bytes, via) = if is_dir {
+    let (bytes, via, retried) = if is_dir {
         let dir = project.open_dir_read(scope, src).map_err(fs_err)?;
         let bar = rt.ui.progress(&rt.label, src, 0);
         let n = rt
             .block_on(cap.upload_tree(src, &dir, dest, &|n| bar.set(n)))
             .map_err(StepError::Cancelled)??;
         bar.finish();
-        (n, UploadPath::Normal)
+        (n, UploadPath::Normal, false)
     } else {
         let file = project.open_read(scope, src).map_err(fs_err)?;
         let meta = file.metadata().ok();
@@ -40,12 +40,17 @@ pub fn upload(rt: &Arc<BuildRt>, cap: &MachineCap, src: &str, dest: &str) -> Res
             .block_on(cap.upload(src, &file, dest, mode, &|n| bar.set(n)))
             .map_err(StepError::Cancelled)??;
         bar.finish();
-        (up.bytes, up.via)
+        (up.bytes, up.via, up.retried)
     };
     let secs = start.elapsed().as_secs_f64();
     let via = match via {
         UploadPath::Normal => "",
         UploadPath::VirtioDisk => " via a virtio disk",
+    };
+    let retried = if retried {
+        " (the connection dropped; uploaded again from the start)"
+    } else {
+        ""
     };
     #[allow(clippy::cast_precision_loss)] // a rate for humans
     let rate = if secs > 0.0 {
@@ -56,7 +61,7 @@ pub fn upload(rt: &Arc<BuildRt>, cap: &MachineCap, src: &str, dest: &str) -> Res
     rt.ui.message(
         &rt.label,
         &format!(
-            "Uploaded {} in {secs:.1}s ({rate:.1} MB/s){via}",
+            "Uploaded {} in {secs:.1}s ({rate:.1} MB/s){via}{retried}",
             crate::ui::human_bytes(bytes)
         ),
     );

@@ -68,7 +68,9 @@ pub(crate) fn wit_error(e: CallError) -> WitError {
     match e {
         ScopeError::Denied(d) => WitError::Denied(d.to_string()),
         ScopeError::Failed(MachineError::Disconnected(m)) => WitError::Io(m),
-        ScopeError::Failed(MachineError::TooLarge(m)) => WitError::Failed(m),
+        ScopeError::Failed(MachineError::TooLarge(m) | MachineError::Invalid(m)) => {
+            WitError::Failed(m)
+        }
         ScopeError::Failed(MachineError::Failed(m)) => WitError::Failed(m),
     }
 }

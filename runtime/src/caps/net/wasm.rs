@@ -1,6 +1,8 @@
 //! `wasi:sockets` for WASM guests: linked only with a `net` grant, and every address
 //! a guest connects to is checked through [`NetCap::connect`]. Only outgoing TCP is
-//! allowed; listening and UDP are refused and audited.
+//! allowed; listening and UDP are refused and audited. Name lookups are answered by
+//! kiln, per granted name (`super::lookup`); wasmtime-wasi's resolver is never linked
+//! and its lookups are switched off.
 
 use std::sync::Arc;
 
@@ -19,10 +21,12 @@ impl WasmAdapter for Adapter {
             return Ok(false);
         }
         let net = Arc::new(NetCap::resolve(env.scope.clone()).await);
+        setup.handles.insert(super::lookup::NetHandle(net.clone()));
         let wasi = &mut *setup.wasi;
         wasi.allow_tcp(true);
         wasi.allow_udp(false);
-        wasi.allow_ip_name_lookup(net.has_names());
+        // Lookups go through `super::lookup` only.
+        wasi.allow_ip_name_lookup(false);
         wasi.socket_addr_check(move |addr, use_| {
             use wasmtime_wasi::sockets::SocketAddrUse;
             let ok = match use_ {
@@ -46,7 +50,7 @@ impl WasmAdapter for Adapter {
         sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;
         sockets::instance_network::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;
         sockets::network::add_to_linker::<HostState, WasiSockets>(l, &opts, |t| t.sockets())?;
-        sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;
+        super::lookup::add_to_linker(l)?;
         sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;
         sockets::udp::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;
         sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, |t| t.sockets())?;

@@ -52,6 +52,12 @@ pub fn register(engine: &mut Engine) {
                     .map_err(|e| err(&ctx, e))?;
             let base_abs: Option<PathBuf> = if base.is_unit() {
                 None
+            } else if let Some(dl) = base
+                .clone()
+                .try_cast::<crate::caps::net::rhai::DownloadObj>()
+            {
+                // Fetched (or a local file verified in place): kiln's own path to it.
+                Some(dl.dl.path().to_path_buf())
             } else {
                 let b = base.to_string();
                 Some(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
 
+use crate::caps::net::rhai::DownloadObj;
 use crate::caps::{Scope, Use};
 use crate::context::BuildRt;
 use crate::host::{httpd, image, qemu};
@@ -97,6 +98,63 @@ pub(super) fn register_images(engine: &mut Engine) {
                     &c.scope,
                     &format!("qemu-img create {dest} (backing {base})"),
                     image::create_overlay(&base_abs, &dest_abs, size, &c.rt.cleanup),
+                ),
+            )?
+            .map_err(|e| err(&ctx, e))?;
+            c.rt.own(dest, img.cleanup);
+            Ok(dest.to_string())
+        },
+    );
+    // The same on a fetched base image (ctx.fetch): the cache entry becomes the
+    // overlay's read-only backing file and is never written.
+    engine.register_fn(
+        "image_overlay",
+        |ctx: NativeCallContext,
+         c: &mut Ctx,
+         base: DownloadObj,
+         dest: &str,
+         size: Dynamic|
+         -> RhaiResult<String> {
+            let dest_abs = write_path(&ctx, c, dest)?;
+            let size = if size.is_unit() {
+                None
+            } else {
+                Some(value::size_bytes(&size, "disk_size").map_err(|m| err(&ctx, m))?)
+            };
+            // A downloaded image that names a backing file of its own would have QEMU
+            // read that file of this host into the guest: refuse it. (A local image is
+            // the user's own; its chain is theirs.)
+            if base.dl.origin() != kiln_fetch::Origin::Local {
+                let info = block(
+                    &ctx,
+                    &c.rt,
+                    super::run(
+                        &c.scope,
+                        &format!("qemu-img info {}", base.dl.url()),
+                        image::info(base.dl.path()),
+                    ),
+                )?
+                .map_err(|e| err(&ctx, e))?;
+                if let Some(b) = info.backing_file {
+                    return Err(err(
+                        &ctx,
+                        format!(
+                            "{} {} names a backing file ({b:?}); kiln does not boot a fetched \
+                             image that reads another file of this host: flatten it first \
+                             (qemu-img convert)",
+                            base.dl.what,
+                            base.dl.url()
+                        ),
+                    ));
+                }
+            }
+            let img = block(
+                &ctx,
+                &c.rt,
+                super::run(
+                    &c.scope,
+                    &format!("qemu-img create {dest} (backing {})", base.dl.url()),
+                    image::create_overlay(base.dl.path(), &dest_abs, size, &c.rt.cleanup),
                 ),
             )?
             .map_err(|e| err(&ctx, e))?;
@@ -370,8 +428,16 @@ pub(super) fn register_vm(engine: &mut Engine) {
                         .map_err(|e| err(&ctx, e))?,
                 );
             }
-            if let Some(iso) = get("cdrom")? {
-                vm.cdrom = Some(read_path(&ctx, c, &iso)?);
+            if let Some(v) = spec.get("cdrom").filter(|v| !v.is_unit()) {
+                // A fetched ISO (ctx.fetch) was checked and verified already; a path is
+                // opened through the read grant.
+                vm.cdrom = Some(match v.clone().try_cast::<DownloadObj>() {
+                    Some(d) => d.dl.path().to_path_buf(),
+                    None => {
+                        let iso = value::string(v, "cdrom").map_err(|m| err(&ctx, m))?;
+                        read_path(&ctx, c, &iso)?
+                    }
+                });
             }
             if let Some(seed) = get("seed_disk")? {
                 vm.extra_drives

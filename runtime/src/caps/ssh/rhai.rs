@@ -1,4 +1,6 @@
 //! `ctx.connect(ssh, opts)` for builders: an SSH machine over [`super::connect`].
+//! `opts.key` takes a [`super::PrivateKey`] held in memory (the amazon_ebs builder's
+//! temporary key pair), so its text never becomes a script value.
 
 use std::sync::Arc;
 
@@ -19,10 +21,23 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
     let err = |m: String| runtime_err(m, ctx.call_position());
     value::check_keys(
         &opts,
-        &["trust_on_first_use", "port", "vm", "step_cache"],
+        &[
+            "trust_on_first_use",
+            "port",
+            "vm",
+            "file_disk",
+            "key",
+            "step_cache",
+        ],
         "connect options",
     )
     .map_err(err)?;
+    let key = match opts.get("key").filter(|v| !v.is_unit()) {
+        Some(v) => Some(v.clone().try_cast::<super::PrivateKey>().ok_or_else(|| {
+            err("`key` must be a key pair kiln created (e.g. ec2.create_key_pair(...))".into())
+        })?),
+        None => None,
+    };
     let cfg = value::ssh_config(&Dynamic::from_map(ssh)).map_err(err)?;
     if cfg.host.as_deref().unwrap_or_default().is_empty() {
         return Err(err("ssh: `host` is required".into()));
@@ -32,27 +47,39 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         None => false,
     };
     // Pinning the first key seen is safe only for a machine the builder itself
-    // created, which is what the qemu grant says.
-    if tofu && !c.scope.grants().flag(&qemu::SPEC) {
+    // created, which is what the qemu grant (a VM) or an ec2 grant (an instance) says.
+    let grants = c.scope.grants();
+    let is_vm = grants.flag(&qemu::SPEC);
+    if tofu && !is_vm && !grants.holds(&crate::caps::ec2::SPEC) {
         return Err(err(
-            "trust_on_first_use is only for builders that create the VM (the qemu grant)".into(),
+            "trust_on_first_use is only for builders that create the machine (the qemu or ec2 grant)"
+                .into(),
         ));
     }
     let port_override = match opts.get("port") {
         Some(p) => Some(value::int_in::<u16>(p, "port", "1-65535").map_err(err)?),
         None => None,
     };
-    // The VM this machine runs in, for uploads through a hot-plugged disk.
-    let file_disk = match opts.get("vm").filter(|v| !v.is_unit()) {
-        Some(v) => {
-            let vm = v
-                .clone()
+    // The VM this machine runs in: its exit is named when it cuts the connection, and
+    // (unless `file_disk: false`) large uploads go through a hot-plugged disk.
+    let vm = match opts.get("vm").filter(|v| !v.is_unit()) {
+        Some(v) => Some(
+            v.clone()
                 .try_cast::<qemu::rhai::VmObj>()
-                .ok_or_else(|| err("`vm` must be the VM from ctx.qemu_start".into()))?;
-            Some(Arc::new(crate::host::qemu::FileDisk::new(vm.vm.clone())))
-        }
+                .ok_or_else(|| err("`vm` must be the VM from ctx.qemu_start".into()))?
+                .vm
+                .clone(),
+        ),
         None => None,
     };
+    let use_file_disk = match opts.get("file_disk") {
+        Some(v) => value::bool(v, "file_disk").map_err(err)?,
+        None => true,
+    };
+    let file_disk = vm
+        .as_ref()
+        .filter(|_| use_file_disk)
+        .map(|vm| Arc::new(crate::host::qemu::FileDisk::new(vm.clone())));
     let cache = qemu::cache_rhai::cache_of(&opts, "step_cache").map_err(err)?;
     let mut cfg = cfg;
     let mut tofu = tofu;
@@ -67,11 +94,22 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
     let copts = ConnectOptions {
         trust_on_first_use: tofu,
         port_override,
+        vm,
         ..ConnectOptions::default()
     };
     let project = c.rt.plan.project.clone();
-    let m = block(ctx, &c.rt, super::connect(&c.scope, &project, cfg, copts))?
-        .map_err(|e| err(e.to_string()))?;
+    let why_not = super::unreachable_reason(&cfg, key.is_some(), is_vm && tofu);
+    let m = block(
+        ctx,
+        &c.rt,
+        super::connect_with_key(&c.scope, &project, cfg.clone(), copts.clone(), key.as_ref()),
+    )?
+    .map_err(|e| err(e.to_string()))?;
+    block(
+        ctx,
+        &c.rt,
+        super::record_target(&c.rt.cleanup, &project, &m, &cfg, &copts, why_not),
+    )?;
     if let Some(d) = file_disk {
         m.use_file_disk(d);
     }
@@ -104,6 +142,8 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
 }
 
 pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<super::PrivateKey>("PrivateKey");
+    engine.register_get("name", |k: &mut super::PrivateKey| k.name().to_string());
     engine.register_fn(
         "connect",
         |ctx: NativeCallContext, c: &mut Ctx, ssh: Map| connect(&ctx, c, ssh, Map::new()),

@@ -6,7 +6,9 @@
 //! (`/proc/<kiln>/fd/<n>`, never a path re-resolved by name), attached read-only, and
 //! the guest copies it with `dd` over the SSH session it already has. Anything that
 //! does not work on a given guest (no ACPI hot-plug, a q35 machine, a non-root user,
-//! busybox `dd`) makes this upload, and every later one, go over SSH instead.
+//! busybox `dd`) makes this upload, and every later one, go over SSH instead. Like
+//! every upload, the copy goes to a temporary name next to the destination and is
+//! renamed into place once its size checks out (`host::ssh::store_script`).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -62,9 +64,8 @@ impl FileDisk {
         // virtio-blk serials are at most 20 bytes; the guest finds the disk by it.
         let serial = format!("kiln-{n}");
         let result = async {
-            let dest_q = crate::host::ssh::quote_path(dest).map_err(|e| e.to_string())?;
+            let script = guest_copy_script(&serial, dest, size, mode).map_err(|e| e.to_string())?;
             self.attach(file, &node, &serial).await?;
-            let script = guest_copy_script(&serial, &dest_q, size, mode);
             let out = session
                 .exec(&script, &[], &mut |_, _| {})
                 .await
@@ -162,18 +163,23 @@ async fn device_present(vm: &Vm, id: &str) -> bool {
 }
 
 /// The guest side: find the disk by serial, copy exactly `size` bytes (the device is
-/// rounded up to whole sectors), check the size, set the mode. Exit codes 90/91 mean
-/// "this guest cannot", anything else is the copy's own failure.
-fn guest_copy_script(serial: &str, dest: &str, size: u64, mode: Option<u32>) -> String {
-    let (umask, chmod) = match mode {
-        // Private until complete, as the SSH upload does.
-        Some(m) => (
-            "umask 077\n".to_string(),
-            format!("chmod {:o} {dest}\n", m & 0o7777),
-        ),
-        None => (String::new(), String::new()),
-    };
-    format!(
+/// rounded up to whole sectors) to a temporary name, check the size, set the mode, and
+/// rename it over `dest`. Exit codes 90/91 mean "this guest cannot", anything else is
+/// the copy's own failure.
+fn guest_copy_script(
+    serial: &str,
+    dest: &str,
+    size: u64,
+    mode: Option<u32>,
+) -> Result<String, crate::host::ssh::SshError> {
+    let store = crate::host::ssh::store_script(
+        dest,
+        mode,
+        size,
+        &crate::host::ssh::upload_token(),
+        &format!("dd if=\"$dev\" of=\"$t\" bs=1M count={size} iflag=count_bytes status=none"),
+    )?;
+    Ok(format!(
         r#"dev=
 i=0
 while [ -z "$dev" ] && [ $i -lt {APPEAR_TICKS} ]; do
@@ -185,10 +191,8 @@ while [ -z "$dev" ] && [ $i -lt {APPEAR_TICKS} ]; do
 done
 [ -n "$dev" ] || exit 90
 [ -r "$dev" ] || exit 91
-{umask}dd if="$dev" of={dest} bs=1M count={size} iflag=count_bytes status=none || exit 92
-[ "$(wc -c < {dest})" -eq {size} ] || {{ echo "copied $(wc -c < {dest}) bytes, expected {size}" >&2; exit 93; }}
-{chmod}"#
-    )
+{store}"#
+    ))
 }
 
 #[cfg(test)]
@@ -196,13 +200,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guest_script_quotes_and_sets_mode_last() {
-        let s = guest_copy_script("kiln-3", "'/root/a b'", 123, Some(0o100755));
+    fn guest_script_quotes_stages_and_sets_mode_before_the_rename() {
+        let s = guest_copy_script("kiln-3", "/root/a b", 123, Some(0o100755)).unwrap();
         assert!(s.contains("= 'kiln-3'"));
-        assert!(s.contains("of='/root/a b' bs=1M count=123 iflag=count_bytes"));
+        assert!(s.contains("d='/root/a b'"));
+        assert!(s.contains("of=\"$t\" bs=1M count=123 iflag=count_bytes"));
         assert!(s.find("umask 077").unwrap() < s.find("dd if").unwrap());
-        assert!(s.trim_end().ends_with("chmod 755 '/root/a b'"));
-        let s = guest_copy_script("kiln-0", "/x", 1, None);
-        assert!(!s.contains("umask") && !s.contains("chmod"));
+        assert!(s.find("chmod 755 \"$t\"").unwrap() < s.find("mv -f").unwrap());
+        let s = guest_copy_script("kiln-0", "/x", 1, None).unwrap();
+        assert!(!s.contains("chmod 0"));
     }
 }

@@ -23,9 +23,14 @@
 //! layer per restore (`loadvm` writes into the image it loads from).
 //!
 //! The VM's disk keeps its path (the builder's `.kiln-work.qcow2`) through all this:
-//! each sealed top is moved into the store and the new overlay renamed into its place.
-//! Layers are backed by absolute paths inside the store, so the final conversion reads
-//! the whole chain down to the base image.
+//! each new overlay is created under a name of its own beside it (`.kiln-work.<layer>
+//! .qcow2`, the name qemu knows it by) and `.kiln-work.qcow2` becomes a hard link to
+//! it; each sealed top is moved into the store by the name qemu knows. Never renaming
+//! a file *to* a name qemu holds matters: `blockdev-snapshot-sync` reopens the old top
+//! read-only **by its file name**, so a new file put at that name would become the
+//! disk's backing file and the guest would see I/O errors (it did: ext4 went
+//! read-only). Layers are backed by absolute paths inside the store, so the final
+//! conversion reads the whole chain down to the base image.
 //!
 //! Restoring step k: copy the memory layer to the work disk and start qemu with
 //! `-loadvm` (no boot), wait for the guest's SSH banner, then the SSH connection is
@@ -45,7 +50,7 @@ use super::{QemuError, Vm, VmSpec};
 use crate::cleanup::CleanupStack;
 use crate::host::image;
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, StepInfo, StepStart, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, StepInfo, StepStart, Uploaded,
 };
 use crate::host::vm_cache::{self, Entry, Hold, LayerId, MemoryState, SNAPSHOT_TAG, VmCache};
 
@@ -106,6 +111,9 @@ struct Capture {
     no_memory: Option<String>,
     /// Step index → key of what was restored (checked against the runner's keys).
     restored_keys: Vec<(usize, String)>,
+    /// The name qemu opened the disk's current top by, when it is not the work disk's
+    /// own (after a capture), with the cleanup entry that removes that name.
+    top: Option<(PathBuf, crate::cleanup::CleanupId)>,
 }
 
 /// The step cache of one QEMU build.
@@ -119,6 +127,8 @@ pub struct VmStepCache {
     work: OnceLock<PathBuf>,
     base: OnceLock<Option<PathBuf>>,
     vm: OnceLock<Arc<Vm>>,
+    /// The build's cleanup stack, for the names new disk tops are created under.
+    cleanup: OnceLock<CleanupStack>,
     devices: OnceLock<String>,
     restored: Mutex<Restored>,
     capture: tokio::sync::Mutex<Capture>,
@@ -199,6 +209,7 @@ impl VmStepCache {
             work: OnceLock::new(),
             base: OnceLock::new(),
             vm: OnceLock::new(),
+            cleanup: OnceLock::new(),
             devices: OnceLock::new(),
             restored: Mutex::new(Restored::Nothing),
             capture: tokio::sync::Mutex::new(Capture {
@@ -207,6 +218,7 @@ impl VmStepCache {
                 off: None,
                 no_memory: None,
                 restored_keys,
+                top: None,
             }),
             root_user: OnceLock::new(),
         }))
@@ -287,6 +299,7 @@ impl VmStepCache {
     ) -> Result<Arc<Vm>, QemuError> {
         let devices = devices_digest(&spec).await;
         let _ = self.devices.set(devices.clone());
+        let _ = self.cleanup.set(cleanup.clone());
         let Some(hit) = &self.hit else {
             let vm = Arc::new(super::start(spec, cleanup).await?);
             self.after_start(&vm).await;
@@ -518,7 +531,9 @@ impl VmStepCache {
         let frozen = self.freeze(inner).await;
         let disk = LayerId::new();
         self.hold.add(&disk).map_err(fail)?;
-        let sealed = self.seal_top(&vm, &work, &disk, virtual_size).await;
+        let sealed = self
+            .seal_top(&vm, &work, &mut c.top, &disk, virtual_size)
+            .await;
         if frozen {
             self.thaw(inner).await?;
         }
@@ -528,7 +543,7 @@ impl VmStepCache {
         // 2. The memory layer.
         let mut memory = None;
         if with_memory {
-            match self.save_memory(&vm, &work, virtual_size).await {
+            match self.save_memory(&vm, &work, &mut c.top, virtual_size).await {
                 Ok(m) => {
                     c.chain.push(m.layer.clone());
                     memory = Some(m);
@@ -617,26 +632,32 @@ impl VmStepCache {
         &self,
         vm: &Vm,
         work: &Path,
+        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
         layer: &LayerId,
         virtual_size: u64,
     ) -> Result<(), MachineError> {
         vm.qmp("stop", None).await.map_err(fail)?;
-        let r = self.switch_top(vm, work, layer, virtual_size).await;
+        let r = self.switch_top(vm, work, top, layer, virtual_size).await;
         let resumed = vm.qmp("cont", None).await.map_err(fail);
         r?;
         resumed.map(|_| ())
     }
 
+    /// Puts a new overlay on the disk (qemu writes it from now on) and moves the old
+    /// top into the store as `layer`; `work` then names the new top (a hard link) and
+    /// `top` the name qemu knows it by.
     async fn switch_top(
         &self,
         vm: &Vm,
         work: &Path,
+        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
         layer: &LayerId,
         virtual_size: u64,
     ) -> Result<(), MachineError> {
         let dest = self.store.layer_path(layer);
-        let next = work.with_extension("next.qcow2");
-        let _ = std::fs::remove_file(&next);
+        // A name never used before: qemu reopens the old top by its name (below).
+        let next = work.with_extension(format!("{}.qcow2", &layer.as_str()[..12]));
+        let old_top = top.as_ref().map_or(work.to_path_buf(), |(p, _)| p.clone());
         // The new top names its backing file by its final place in the store.
         let out = tokio::process::Command::new(image_tool())
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b"])
@@ -647,6 +668,7 @@ impl VmStepCache {
             .await
             .map_err(|e| MachineError::Failed(format!("cannot run qemu-img: {e}")))?;
         if !out.status.success() {
+            let _ = std::fs::remove_file(&next);
             return Err(MachineError::Failed(format!(
                 "qemu-img cannot create {}: {}",
                 next.display(),
@@ -667,35 +689,66 @@ impl VmStepCache {
             let _ = std::fs::remove_file(&next);
             return Err(fail(e));
         }
+        // The new top's name is removed with the build (unless a later capture moves it
+        // into the store first).
+        let removal = self.cleanup.get().map(|c| {
+            let path = next.clone();
+            c.push(format!("disk {}", next.display()), move || async move {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+        });
         // From here qemu writes the new top and only reads the old one, through open
-        // files: moving them by name is safe. If the move fails, the new top is
+        // files: moving the old one by name is safe. If the move fails, the new top is
         // pointed back at where the old one still is.
-        if let Err(e) = move_file(work, &dest) {
+        if let Err(e) = move_file(&old_top, &dest) {
             let _ = vm
                 .qmp(
                     "change-backing-file",
                     Some(json!({ "device": "disk0", "image-node-name": top_node(vm).await.unwrap_or_default(),
-                                 "backing-file": work.display().to_string() })),
+                                 "backing-file": old_top.display().to_string() })),
                 )
                 .await;
+            if let Some(id) = removal {
+                *top = Some((next, id));
+            }
             return Err(MachineError::Failed(format!(
                 "cannot move the step's disk layer into the step cache ({}): {e}",
                 dest.display()
             )));
         }
-        std::fs::rename(&next, work).map_err(|e| {
-            MachineError::Failed(format!(
-                "cannot rename {} to {}: {e}",
-                next.display(),
-                work.display()
-            ))
-        })
+        if let Some((_, id)) = top.take()
+            && let Some(c) = self.cleanup.get()
+        {
+            // That name is in the store now.
+            c.release(id);
+        }
+        if let Some(id) = removal {
+            *top = Some((next.clone(), id));
+        }
+        // `work` names the new top: a hard link put in place atomically.
+        let link = work.with_extension("link.qcow2");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&next, &link)
+            .and_then(|()| std::fs::rename(&link, work))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&link);
+                MachineError::Failed(format!(
+                    "cannot link {} to {}: {e}",
+                    work.display(),
+                    next.display()
+                ))
+            })
     }
 
     async fn save_memory(
         &self,
         vm: &Vm,
         work: &Path,
+        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
         virtual_size: u64,
     ) -> Result<MemoryState, SaveError> {
         let layer = LayerId::new();
@@ -717,7 +770,7 @@ impl VmStepCache {
             if let Some(text) = said.as_str().filter(|t| !t.trim().is_empty()) {
                 return Err(SaveError::Refused(format!("qemu: {}", text.trim())));
             }
-            self.switch_top(vm, work, &layer, virtual_size)
+            self.switch_top(vm, work, top, &layer, virtual_size)
                 .await
                 .map_err(SaveError::Broken)
         }
@@ -765,8 +818,8 @@ fn image_tool() -> PathBuf {
 async fn guest(m: &dyn Machine, cmd: &str) -> Result<ExecOutput, MachineError> {
     match tokio::time::timeout(
         GUEST_COMMAND_TIMEOUT,
-        m.exec(cmd, &[], &mut |_, l| {
-            tracing::debug!("step cache (guest): {l}");
+        m.exec(cmd, &[], &mut |_, out| {
+            tracing::debug!("step cache (guest): {}", String::from_utf8_lossy(out));
         }),
     )
     .await
@@ -1012,9 +1065,9 @@ impl Machine for CachedMachine {
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
-        self.inner.exec(command, env, on_line).await
+        self.inner.exec(command, env, on_output).await
     }
     async fn upload(
         &self,

@@ -23,6 +23,8 @@ use crate::host::image::ImageFormat;
 /// qemu opens its QMP socket before the guest starts; 30 s covers a loaded host.
 const QMP_WAIT: Duration = Duration::from_secs(30);
 const PORT_TRIES: u32 = 8;
+/// A qemu that stopped answering QMP is given this long to finish dying.
+const EXIT_AFTER_LOSS: Duration = Duration::from_secs(30);
 const STDERR_LINES: usize = 40;
 /// Flags kiln needs to control the VM: a user's qemuargs may not replace them.
 const RESERVED_FLAGS: &[&str] = &["-qmp", "-pidfile", "-daemonize", "-loadvm"];
@@ -152,8 +154,9 @@ pub struct Vm {
     key_interval: Duration,
     stderr: Arc<Mutex<VecDeque<String>>>,
     qmp_path: PathBuf,
-    // Holds the QMP socket and pidfile; removed when the last holder lets go.
-    _runtime_dir: Arc<tempfile::TempDir>,
+    // Holds the QMP socket and pidfile; removed when the last holder lets go, then
+    // its ledger record is closed (a SIGKILLed kiln leaves it for `kiln cleanup`).
+    _runtime_dir: Arc<(tempfile::TempDir, Option<crate::ledger::PathRecord>)>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -196,6 +199,34 @@ impl Vm {
     /// The last lines qemu wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         tail(&self.stderr)
+    }
+
+    /// Waits until qemu exits (however long that takes) and returns how it exited.
+    pub async fn exited(&self) -> String {
+        let mut rx = self.control.exit.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(s) => s.clone().unwrap_or_default(),
+            // The watcher task is gone, so qemu is too.
+            Err(_) => "unknown".into(),
+        }
+    }
+
+    /// After a connection into the VM dropped: how qemu exited, if that is why, or None
+    /// while it still runs. Asked of qemu itself rather than of the clock: a qemu that
+    /// still answers QMP is alive (the guest rebooted or its sshd went away); one that
+    /// does not is dying, and its exit is then waited for (up to `EXIT_AFTER_LOSS`).
+    pub async fn exit_after_loss(&self) -> Option<String> {
+        if let Some(status) = self.exit_status() {
+            return Some(status);
+        }
+        if self.qmp("query-status", None).await.is_ok() {
+            return None;
+        }
+        if self.wait_exit(EXIT_AFTER_LOSS).await {
+            self.exit_status()
+        } else {
+            Some("no answer on its QMP socket".into())
+        }
     }
 
     /// Presses the ACPI power button, as a graceful shutdown request. The guest may
@@ -309,18 +340,20 @@ async fn start_once(
 ) -> Result<Vm, QemuError> {
     // Unix socket paths are limited to 108 bytes, so the socket lives in a short
     // private temp dir rather than beside a possibly long output path.
-    let runtime_dir = Arc::new(
-        tempfile::Builder::new()
-            .prefix("kiln-qemu-")
-            .tempdir()
-            .map_err(|source| QemuError::Io {
-                what: "cannot create a runtime dir in",
-                path: std::env::temp_dir(),
-                source,
-            })?,
-    );
-    let qmp_path = runtime_dir.path().join("qmp.sock");
-    let pidfile = runtime_dir.path().join("qemu.pid");
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-qemu-")
+        .tempdir()
+        .map_err(|source| QemuError::Io {
+            what: "cannot create a runtime dir in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let record = cleanup
+        .ledger()
+        .and_then(|l| l.record_path(crate::ledger::Kind::QemuRuntimeDir, dir.path()));
+    let runtime_dir = Arc::new((dir, record));
+    let qmp_path = runtime_dir.0.path().join("qmp.sock");
+    let pidfile = runtime_dir.0.path().join("qemu.pid");
     let serial_log = output_dir.join("serial.log");
     let args = build_args(spec, output_dir, port, &qmp_path, &pidfile, &serial_log)?;
 

@@ -42,6 +42,10 @@ pub struct SshConfig {
     pub private_key_file: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// An OpenSSH certificate for `private_key_file` (`ssh-keygen -s` writes it as
+    /// `<key>-cert.pub`); Packer's `ssh_certificate_file` is accepted too.
+    #[serde(default, alias = "ssh_certificate_file")]
+    pub certificate_file: Option<String>,
     /// Use the agent at `$SSH_AUTH_SOCK`.
     #[serde(default)]
     pub agent: bool,
@@ -83,6 +87,8 @@ pub struct BastionConfig {
     pub private_key_file: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    #[serde(default, alias = "ssh_certificate_file")]
+    pub certificate_file: Option<String>,
     #[serde(default)]
     pub agent: bool,
     #[serde(default)]
@@ -102,6 +108,13 @@ pub struct ConnectOptions {
     pub host_override: Option<String>,
     /// Overrides `SshConfig::port` (e.g. a forwarded port picked by the qemu builder).
     pub port_override: Option<u16>,
+    /// The VM the machine runs in, when kiln started it: its exit ends the wait for SSH
+    /// at once, and a dropped connection is reported as qemu's exit when that is why.
+    pub vm: Option<std::sync::Arc<crate::host::qemu::Vm>>,
+    /// The target's ssh-agent socket for `agent: true` instead of `$SSH_AUTH_SOCK`
+    /// (embedding and tests, which cannot change the process environment safely); a
+    /// bastion always uses `$SSH_AUTH_SOCK`.
+    pub agent_socket: Option<std::path::PathBuf>,
 }
 
 /// The texts of the files a connection reads (private keys, known_hosts), by the path
@@ -175,6 +188,7 @@ impl fmt::Debug for SshConfig {
             .field("user", &self.user)
             .field("private_key_file", &self.private_key_file)
             .field("password", &redact(&self.password))
+            .field("certificate_file", &self.certificate_file)
             .field("agent", &self.agent)
             .field("host_key", &self.host_key)
             .field("known_hosts", &self.known_hosts)
@@ -196,6 +210,7 @@ impl fmt::Debug for BastionConfig {
             .field("user", &self.user)
             .field("private_key_file", &self.private_key_file)
             .field("password", &redact(&self.password))
+            .field("certificate_file", &self.certificate_file)
             .field("agent", &self.agent)
             .field("host_key", &self.host_key)
             .field("known_hosts", &self.known_hosts)
@@ -212,7 +227,9 @@ pub(crate) struct Endpoint {
     pub user: String,
     pub private_key_file: Option<String>,
     pub password: Option<String>,
+    pub certificate_file: Option<String>,
     pub agent: bool,
+    pub agent_socket: Option<std::path::PathBuf>,
     pub host_key: Option<String>,
     pub known_hosts: Option<String>,
     pub insecure_ignore_host_key: bool,
@@ -226,8 +243,8 @@ impl Endpoint {
 }
 
 impl SshConfig {
-    /// Every file connecting will read: private keys and known_hosts of the target and
-    /// of the bastion, in that order.
+    /// Every file connecting will read: private keys, certificates and known_hosts of
+    /// the target and of the bastion, in that order.
     pub fn credential_files(&self) -> Vec<CredentialFile> {
         let mut out = Vec::new();
         let mut add = |what: &'static str, p: &Option<String>| {
@@ -242,9 +259,11 @@ impl SshConfig {
             }
         };
         add("private key", &self.private_key_file);
+        add("certificate", &self.certificate_file);
         add("known_hosts file", &self.known_hosts);
         if let Some(b) = &self.bastion {
             add("private key", &b.private_key_file);
+            add("certificate", &b.certificate_file);
             add("known_hosts file", &b.known_hosts);
         }
         out
@@ -325,7 +344,9 @@ impl SshConfig {
             user: self.user.clone(),
             private_key_file: self.private_key_file.clone(),
             password: self.password.clone(),
+            certificate_file: self.certificate_file.clone(),
             agent: self.agent,
+            agent_socket: opts.agent_socket.clone(),
             host_key: self.host_key.clone(),
             known_hosts: self.known_hosts.clone(),
             insecure_ignore_host_key: self.insecure_ignore_host_key,
@@ -342,7 +363,9 @@ impl BastionConfig {
             user: self.user.clone(),
             private_key_file: self.private_key_file.clone(),
             password: self.password.clone(),
+            certificate_file: self.certificate_file.clone(),
             agent: self.agent,
+            agent_socket: None,
             host_key: self.host_key.clone(),
             known_hosts: self.known_hosts.clone(),
             insecure_ignore_host_key: self.insecure_ignore_host_key,

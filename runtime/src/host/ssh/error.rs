@@ -50,6 +50,9 @@ pub enum SshError {
     #[error("private key {path:?} is not usable: {reason}")]
     BadKey { path: String, reason: String },
 
+    #[error("SSH certificate {path:?} is not usable: {reason}")]
+    BadCertificate { path: String, reason: String },
+
     #[error(
         "connection refused by {target}: nothing listens on that port (yet); is the machine up and sshd running?"
     )]
@@ -92,7 +95,10 @@ pub enum SshError {
         times: u32,
     },
 
-    #[error("ssh-agent unusable: {0}; is SSH_AUTH_SOCK set and the agent running?")]
+    #[error(
+        "ssh-agent unusable: {0}; `agent: true` uses the agent at $SSH_AUTH_SOCK of the \
+         environment that runs kiln: start one (`eval $(ssh-agent)`) and add keys (`ssh-add KEY`)"
+    )]
     Agent(String),
 
     #[error(
@@ -115,6 +121,10 @@ pub enum SshError {
 
     #[error("connection to {target} lost: {detail}")]
     Disconnected { target: String, detail: String },
+
+    /// The machine itself went away (the VM's qemu exited), not just the connection.
+    #[error("{target} is gone: {reason}")]
+    MachineGone { target: String, reason: String },
 
     #[error("{what} failed on {target}: {detail}")]
     Protocol {

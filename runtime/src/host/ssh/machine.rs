@@ -1,14 +1,20 @@
 //! The SSH backend of [`Machine`]: a session that can be re-opened after an expected
 //! disconnect (a reboot step), cached facts, and, for a VM kiln started, a faster way
-//! in for large files.
+//! in for large files and qemu's exit named when it is why a connection dropped.
+//!
+//! An upload (file, tree, written file) whose connection drops is tried once more from
+//! the start on a new connection, after removing what the first attempt left; it never
+//! leaves a partial file at its destination either way (`staged`). A command whose
+//! connection drops is not re-run (it may not be idempotent): it fails as disconnected.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{OnceCell, RwLock};
 
 use super::{ConnectOptions, KeyFiles, Session, SshConfig, SshError};
 use crate::host::machine::{
-    ExecOutput, Facts, Machine, MachineError, OnLine, Progress, Terminal, UploadPath, Uploaded,
+    ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, Terminal, UploadPath, Uploaded,
 };
 use crate::host::qemu::FileDisk;
 
@@ -48,6 +54,39 @@ impl From<SshError> for MachineError {
     }
 }
 
+/// Dials with the session's retry discipline; for a VM kiln started, qemu's exit ends
+/// the wait at once instead of after `timeout`.
+async fn dial(
+    cfg: &SshConfig,
+    files: &KeyFiles,
+    opts: &ConnectOptions,
+) -> Result<Session, SshError> {
+    let connect = Session::connect(cfg, files, opts);
+    let Some(vm) = &opts.vm else {
+        return connect.await;
+    };
+    tokio::select! {
+        r = connect => r,
+        status = vm.exited() => Err(SshError::MachineGone {
+            target: format!("{}@127.0.0.1:{}", cfg.user, vm.ssh_port()),
+            reason: format!(
+                "qemu (pid {}) exited ({status}) before SSH answered; qemu's last output: {}",
+                vm.pid(),
+                last_words(vm)
+            ),
+        }),
+    }
+}
+
+fn last_words(vm: &crate::host::qemu::Vm) -> String {
+    let t = vm.stderr_tail();
+    if t.trim().is_empty() {
+        "(nothing)".into()
+    } else {
+        t
+    }
+}
+
 impl SshMachine {
     /// Connects with the key and known_hosts files the caller already read through
     /// its grants (see [`SshConfig::credential_files`]).
@@ -57,7 +96,7 @@ impl SshMachine {
         opts: ConnectOptions,
     ) -> Result<Self, SshError> {
         let files = Arc::new(files);
-        let session = Session::connect(&cfg, &files, &opts).await?;
+        let session = dial(&cfg, &files, &opts).await?;
         Ok(SshMachine {
             inner: Arc::new(Inner {
                 cfg,
@@ -75,9 +114,91 @@ impl SshMachine {
         let _ = self.inner.file_disk.set(disk);
     }
 
+    /// The host key the current session verified (`SHA256:...`): what a later
+    /// connection must see again (kiln cleanup reaching the machine after a crash).
+    pub async fn host_key_fingerprint(&self) -> String {
+        self.inner.session.read().await.host_key_fingerprint()
+    }
+
     /// The current session (cheap clone).
     async fn session(&self) -> Session {
         self.inner.session.read().await.clone()
+    }
+
+    /// A failed operation: when its connection dropped because the VM's qemu exited,
+    /// the error says so (and stops being a disconnect a step could expect).
+    async fn explain(&self, e: SshError, during: &str) -> SshError {
+        if !e.is_disconnect() {
+            return e;
+        }
+        let Some(vm) = &self.inner.opts.vm else {
+            return e;
+        };
+        match vm.exit_after_loss().await {
+            None => e,
+            Some(status) => SshError::MachineGone {
+                target: self.target(),
+                reason: format!(
+                    "qemu (pid {}) exited ({status}) during {during}, and the SSH connection \
+                     with it; qemu's last output: {}",
+                    vm.pid(),
+                    last_words(vm)
+                ),
+            },
+        }
+    }
+
+    /// Runs `op` on the current session, naming qemu's exit if that is why it failed.
+    async fn run<T, Fut>(
+        &self,
+        during: &str,
+        op: impl FnOnce(Session) -> Fut,
+    ) -> Result<T, MachineError>
+    where
+        Fut: Future<Output = Result<T, SshError>>,
+    {
+        match op(self.session().await).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.explain(e, during).await.into()),
+        }
+    }
+
+    /// Runs the upload `op`; if its connection dropped, reconnects, removes what it left
+    /// at `dest` and runs it once more from the start. Returns whether it was retried.
+    async fn upload_once_more<T, Fut>(
+        &self,
+        dest: &str,
+        op: impl Fn(Session) -> Fut,
+    ) -> Result<(T, bool), MachineError>
+    where
+        Fut: Future<Output = Result<T, SshError>>,
+    {
+        let during = format!("the upload to {dest}");
+        let e = match op(self.session().await).await {
+            Ok(v) => return Ok((v, false)),
+            Err(e) => self.explain(e, &during).await,
+        };
+        if !e.is_disconnect() {
+            return Err(e.into());
+        }
+        tracing::warn!(target = %self.target(), dest,
+            "the connection dropped during the upload ({e}); reconnecting to upload it once more from the start");
+        self.reconnect().await.map_err(|again| {
+            MachineError::Failed(format!(
+                "{e}; reconnecting to retry the upload failed: {again}"
+            ))
+        })?;
+        let session = self.session().await;
+        if let Err(left) = session.remove_upload_leftovers(dest).await {
+            tracing::debug!(
+                dest,
+                "removing the first attempt's leftovers failed: {left}"
+            );
+        }
+        match op(session).await {
+            Ok(v) => Ok((v, true)),
+            Err(e) => Err(self.explain(e, &during).await.into()),
+        }
     }
 }
 
@@ -93,9 +214,14 @@ impl Machine for SshMachine {
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: OnLine<'_>,
+        on_output: OnOutput<'_>,
     ) -> Result<ExecOutput, MachineError> {
-        Ok(self.session().await.exec(command, env, on_line).await?)
+        let during = format!("the command {:?}", first_line(command));
+        self.run(
+            &during,
+            |s| async move { s.exec(command, env, on_output).await },
+        )
+        .await
     }
 
     /// Large files go through the VM's virtio disk when there is one and the guest
@@ -117,16 +243,23 @@ impl Machine for SshMachine {
                         return Ok(Uploaded {
                             bytes: n,
                             via: UploadPath::VirtioDisk,
+                            retried: false,
                         });
                     }
                     Err(why) => tracing::debug!(dest, "virtio-disk upload failed: {why}"),
                 }
             }
         }
-        let n = session.upload_file(file, dest, mode, progress).await?;
+        drop(session);
+        let (n, retried) = self
+            .upload_once_more(dest, |s| async move {
+                s.upload_file(file, dest, mode, progress).await
+            })
+            .await?;
         Ok(Uploaded {
             bytes: n,
             via: UploadPath::Normal,
+            retried,
         })
     }
 
@@ -136,11 +269,13 @@ impl Machine for SshMachine {
         dest: &str,
         progress: Progress<'_>,
     ) -> Result<u64, MachineError> {
-        Ok(self
-            .session()
-            .await
-            .upload_tree(src, dest, progress)
-            .await?)
+        let (n, _) = self
+            .upload_once_more(
+                dest,
+                |s| async move { s.upload_tree(src, dest, progress).await },
+            )
+            .await?;
+        Ok(n)
     }
 
     async fn write_file(
@@ -149,15 +284,19 @@ impl Machine for SshMachine {
         contents: &[u8],
         mode: Option<u32>,
     ) -> Result<(), MachineError> {
-        Ok(self
-            .session()
-            .await
-            .write_file(dest, contents, mode)
-            .await?)
+        self.upload_once_more(
+            dest,
+            |s| async move { s.write_file(dest, contents, mode).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn read_file(&self, path: &str, max: u64) -> Result<Vec<u8>, MachineError> {
-        Ok(self.session().await.read_file(path, max).await?)
+        self.run(&format!("reading {path}"), |s| async move {
+            s.read_file(path, max).await
+        })
+        .await
     }
 
     async fn download(
@@ -166,11 +305,10 @@ impl Machine for SshMachine {
         local: &mut cap_std::fs::File,
         progress: Progress<'_>,
     ) -> Result<u64, MachineError> {
-        Ok(self
-            .session()
-            .await
-            .download_file(remote, local, progress)
-            .await?)
+        self.run(&format!("the download of {remote}"), |s| async move {
+            s.download_file(remote, local, progress).await
+        })
+        .await
     }
 
     async fn facts(&self) -> Result<Facts, MachineError> {
@@ -178,9 +316,9 @@ impl Machine for SshMachine {
             .facts
             .get_or_try_init(|| async {
                 let out = self
-                    .session()
-                    .await
-                    .exec(FACTS_SCRIPT, &[], &mut |_, _| {})
+                    .run("asking the machine's facts", |s| async move {
+                        s.exec(FACTS_SCRIPT, &[], &mut |_, _| {}).await
+                    })
                     .await?;
                 let text = String::from_utf8_lossy(&out.stdout);
                 Ok::<_, MachineError>(
@@ -203,7 +341,7 @@ impl Machine for SshMachine {
             cfg.host_key = Some(self.inner.session.read().await.host_key_fingerprint());
             opts.trust_on_first_use = false;
         }
-        let fresh = Session::connect(&cfg, &self.inner.files, &opts).await?;
+        let fresh = dial(&cfg, &self.inner.files, &opts).await?;
         let old = std::mem::replace(&mut *self.inner.session.write().await, fresh);
         old.close().await;
         Ok(())
@@ -255,4 +393,14 @@ fn login_command(cfg: &SshConfig, opts: &ConnectOptions) -> String {
         .unwrap_or_default();
     parts.push(format!("{}@{host}", cfg.user));
     parts.join(" ")
+}
+
+/// The first line of a command, shortened, to name it in a message.
+fn first_line(command: &str) -> String {
+    let line = command.trim_start().lines().next().unwrap_or_default();
+    let mut short: String = line.chars().take(60).collect();
+    if short.len() < line.len() || command.trim().lines().count() > 1 {
+        short.push('…');
+    }
+    short
 }

@@ -12,6 +12,7 @@ mod host_key;
 mod machine;
 mod pty;
 mod session;
+mod staged;
 mod transfer;
 
 pub use config::{
@@ -20,5 +21,5 @@ pub use config::{
 };
 pub use error::SshError;
 pub use machine::SshMachine;
-pub(crate) use session::quote_path;
 pub use session::{ExecOutput, Session, Stream};
+pub(crate) use staged::{store_script, token as upload_token};

@@ -43,8 +43,6 @@ const RETRY_CONNECT_MAX: Duration = Duration::from_millis(500);
 const RETRY_REJECTED_MAX: Duration = Duration::from_secs(2);
 /// Captured output per stream is bounded; the tail is kept (that is where errors are).
 pub(crate) const MAX_CAPTURE: usize = 16 * 1024 * 1024;
-/// A "line" without a newline is cut here so a binary blob cannot grow memory unboundedly.
-const MAX_LINE: usize = 64 * 1024;
 
 pub(crate) struct ClientHandler {
     policy: Arc<HostKeyPolicy>,
@@ -444,54 +442,46 @@ fn signal_name(sig: &Sig) -> String {
 
 /// Splits a byte stream into lines for the callback and keeps a bounded tail for the result.
 pub(crate) struct Collector {
-    stream: Stream,
     captured: Vec<u8>,
-    partial: Vec<u8>,
+    /// Bytes were dropped from the front: the first line kept may be a fragment.
+    trimmed: bool,
 }
 
 impl Collector {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new() -> Self {
         Collector {
-            stream,
             captured: Vec::new(),
-            partial: Vec::new(),
+            trimmed: false,
         }
     }
 
-    pub fn push(&mut self, data: &[u8], on_line: &mut (dyn FnMut(Stream, &str) + Send)) {
+    /// Keeps `data` in the bounded tail only.
+    pub fn capture(&mut self, data: &[u8]) {
         self.captured.extend_from_slice(data);
         // Trim in big steps so a chatty command does not memmove 16 MiB per packet.
         if self.captured.len() > MAX_CAPTURE + MAX_CAPTURE / 4 {
             let cut = self.captured.len() - MAX_CAPTURE;
             self.captured.drain(..cut);
-        }
-        let mut rest = data;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&rest[..pos]);
-            self.emit(on_line);
-            rest = &rest[pos + 1..];
-        }
-        self.partial.extend_from_slice(rest);
-        while self.partial.len() > MAX_LINE {
-            let tail = self.partial.split_off(MAX_LINE);
-            self.emit(on_line);
-            self.partial = tail;
+            self.trimmed = true;
         }
     }
 
-    fn emit(&mut self, on_line: &mut (dyn FnMut(Stream, &str) + Send)) {
-        let line = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
-        on_line(self.stream, &String::from_utf8_lossy(line));
-        self.partial.clear();
-    }
-
-    pub fn finish(mut self, on_line: &mut (dyn FnMut(Stream, &str) + Send)) -> Vec<u8> {
-        if !self.partial.is_empty() {
-            self.emit(on_line);
-        }
+    /// The last [`MAX_CAPTURE`] bytes, starting at a line: when the front was cut,
+    /// the fragment of a line before the first newline is dropped too, since it may
+    /// be the tail of a secret the redactor could no longer recognise.
+    pub fn finish(mut self) -> Vec<u8> {
         if self.captured.len() > MAX_CAPTURE {
             let cut = self.captured.len() - MAX_CAPTURE;
             self.captured.drain(..cut);
+            self.trimmed = true;
+        }
+        if self.trimmed {
+            let start = self
+                .captured
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(self.captured.len(), |p| p + 1);
+            self.captured.drain(..start);
         }
         self.captured
     }
@@ -599,29 +589,35 @@ impl Session {
     }
 
     /// Runs `command` through the remote shell with `env` exported first. Output is handed to
-    /// `on_line` line by line as it arrives and also returned (the last 16 MiB per stream).
+    /// `on_output` as it arrives, raw, and also returned (the last 16 MiB per stream).
     pub async fn exec(
         &self,
         command: &str,
         env: &[(String, String)],
-        on_line: &mut (dyn FnMut(Stream, &str) + Send),
+        on_output: &mut (dyn FnMut(Stream, &[u8]) + Send),
     ) -> Result<ExecOutput, SshError> {
         let full = with_env(command, env)?;
         let mut ch = self.open_exec(&full).await?;
-        let mut out = Collector::new(Stream::Stdout);
-        let mut err = Collector::new(Stream::Stderr);
+        let mut out = Collector::new();
+        let mut err = Collector::new();
         let mut exit = Exit::default();
         // Drain until the channel closes: output can still arrive after the exit status.
         while let Some(msg) = ch.wait().await {
             match &msg {
-                ChannelMsg::Data { data } => out.push(data, on_line),
-                ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, on_line),
+                ChannelMsg::Data { data } => {
+                    out.capture(data);
+                    on_output(Stream::Stdout, data);
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    err.capture(data);
+                    on_output(Stream::Stderr, data);
+                }
                 ChannelMsg::Close => break,
                 other => exit.observe(other),
             }
         }
-        let stdout = out.finish(on_line);
-        let stderr = err.finish(on_line);
+        let stdout = out.finish();
+        let stderr = err.finish();
         let (exit_code, signal) = exit.resolve(self.target())?;
         Ok(ExecOutput {
             exit_code,
@@ -666,29 +662,16 @@ mod tests {
     }
 
     #[test]
-    fn collector_splits_lines_across_packets() {
-        let mut lines = Vec::new();
-        let mut cb = |s: Stream, l: &str| lines.push((s, l.to_string()));
-        let mut c = Collector::new(Stream::Stdout);
-        c.push(b"one\ntw", &mut cb);
-        c.push(b"o\r\nthree", &mut cb);
-        let all = c.finish(&mut cb);
-        assert_eq!(all, b"one\ntwo\r\nthree");
-        let got: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
-        assert_eq!(got, ["one", "two", "three"]);
-    }
-
-    #[test]
-    fn collector_keeps_the_tail() {
-        let mut cb = |_: Stream, _: &str| {};
-        let mut c = Collector::new(Stream::Stderr);
+    fn collector_keeps_the_tail_from_a_line_start() {
+        let mut c = Collector::new();
+        c.capture(b"one\ntwo\n");
+        assert_eq!(c.finish(), b"one\ntwo\n");
+        let mut c = Collector::new();
         let chunk = vec![b'x'; 1024 * 1024];
         for _ in 0..40 {
-            c.push(&chunk, &mut cb);
+            c.capture(&chunk);
         }
-        c.push(b"END", &mut cb);
-        let all = c.finish(&mut cb);
-        assert_eq!(all.len(), MAX_CAPTURE);
-        assert!(all.ends_with(b"END"));
+        c.capture(b"\nEND");
+        assert_eq!(c.finish(), b"END", "the cut line is dropped whole");
     }
 }

@@ -1,8 +1,11 @@
-//! File transfer over exec channels: `cat > file` for single files and `tar -x` for trees.
+//! File transfer: SFTP for single files (falling back to `cat` over an exec channel),
+//! `tar -x` over an exec channel for trees. Every upload is staged under a temporary
+//! name next to its destination and renamed into place when complete (`staged`), so a
+//! failed upload never leaves a partial file where the step said to put it.
 //!
 //! Streaming over a plain channel is bounded only by the channel window, so it runs at
 //! the speed of the cipher; it also needs nothing on the remote side beyond a POSIX shell,
-//! `cat`, `chmod` and `tar` (BENCHMARKS.md compares it with OpenSSH's scp).
+//! `cat`, `chmod`, `mv` and `tar` (BENCHMARKS.md compares it with OpenSSH's scp).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,12 +13,13 @@ use std::path::{Path, PathBuf};
 use cap_std::fs::{Dir, File, MetadataExt, PermissionsExt};
 use russh::ChannelMsg;
 use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::{FileAttributes, OpenFlags};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::error::{SshError, from_russh};
-use super::session::{Collector, Exit, Session, Stream, quote_path};
+use super::session::{Collector, Exit, Session, quote_path};
+use super::staged;
 
 /// Disk reads and channel writes go in pieces this big (russh slices them into packets
 /// without copying).
@@ -38,29 +42,45 @@ fn stderr_text(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     let s = s.trim();
     if s.is_empty() {
-        "(no error output)".into()
-    } else {
-        s.chars()
-            .rev()
-            .take(ERR_KEEP)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect()
+        return "(no error output)".into();
+    }
+    let keep = s
+        .char_indices()
+        .rev()
+        .nth(ERR_KEEP - 1)
+        .map_or(0, |(i, _)| i);
+    if keep == 0 {
+        return s.to_string();
+    }
+    // Start the kept tail at a line, so no fragment of a cut secret is shown in clear
+    // (the message is redacted later, and the redactor knows whole lines only).
+    match s[keep..].find('\n') {
+        Some(nl) => s[keep + nl + 1..].to_string(),
+        None => "(error output too long to show)".into(),
     }
 }
 
-/// Streams a local file into a bounded channel of chunks from a blocking thread.
-fn read_file_chunks(file: std::fs::File) -> Chunks {
+/// Streams `len` bytes of a local file (all of it when `None`) from its start into a
+/// bounded channel of chunks, from a blocking thread. Positional reads: the offset the
+/// file shares with its clones (an earlier attempt's) does not matter.
+fn read_file_chunks(file: std::fs::File, len: Option<u64>) -> Chunks {
+    use std::os::unix::fs::FileExt;
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut file = file;
+        let mut offset = 0u64;
         loop {
-            let mut buf = vec![0u8; CHUNK];
+            let want = match len {
+                Some(l) => usize::try_from(l - offset).map_or(CHUNK, |left| left.min(CHUNK)),
+                None => CHUNK,
+            };
+            if want == 0 {
+                return;
+            }
+            let mut buf = vec![0u8; want];
             let mut filled = 0;
             // Fill whole chunks so the channel sees few, large writes.
-            while filled < CHUNK {
-                match file.read(&mut buf[filled..]) {
+            while filled < want {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -74,10 +94,11 @@ fn read_file_chunks(file: std::fs::File) -> Chunks {
                 return;
             }
             buf.truncate(filled);
+            offset += filled as u64;
             if tx.blocking_send(Ok(buf)).is_err() {
                 return;
             }
-            if filled < CHUNK {
+            if filled < want {
                 return;
             }
         }
@@ -115,17 +136,16 @@ impl Session {
         };
         // The reader must run alongside the writer: an undrained channel stalls the session.
         let recv = async {
-            let mut err = Collector::new(Stream::Stderr);
+            let mut err = Collector::new();
             let mut exit = Exit::default();
-            let mut ignore = |_: Stream, _: &str| {};
             while let Some(msg) = rd.wait().await {
                 match &msg {
-                    ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, &mut ignore),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => err.capture(data),
                     ChannelMsg::Close => break,
                     other => exit.observe(other),
                 }
             }
-            (exit, err.finish(&mut ignore))
+            (exit, err.finish())
         };
         tokio::pin!(send);
         tokio::pin!(recv);
@@ -177,9 +197,8 @@ impl Session {
         sink: &mut Sink<'_>,
     ) -> Result<u64, SshError> {
         let mut ch = self.open_exec(command).await?;
-        let mut err = Collector::new(Stream::Stderr);
+        let mut err = Collector::new();
         let mut exit = Exit::default();
-        let mut ignore = |_: Stream, _: &str| {};
         let mut total = 0u64;
         while let Some(msg) = ch.wait().await {
             match &msg {
@@ -187,7 +206,7 @@ impl Session {
                     total += data.len() as u64;
                     sink.put(data, total).await?;
                 }
-                ChannelMsg::ExtendedData { data, ext: 1 } => err.push(data, &mut ignore),
+                ChannelMsg::ExtendedData { data, ext: 1 } => err.capture(data),
                 ChannelMsg::Close => break,
                 other => exit.observe(other),
             }
@@ -197,26 +216,18 @@ impl Session {
             return Err(SshError::Remote {
                 action: action.to_string(),
                 code,
-                stderr: stderr_text(&err.finish(&mut ignore)),
+                stderr: stderr_text(&err.finish()),
             });
         }
         Ok(total)
     }
 
-    fn store_command(remote_path: &str, mode: Option<u32>) -> Result<String, SshError> {
-        let p = quote_path(remote_path)?;
-        Ok(match mode {
-            // umask first so the file is never readable by others before chmod runs.
-            Some(m) => format!("umask 077 && cat > {p} && chmod {:o} {p}", m & 0o7777),
-            None => format!("cat > {p}"),
-        })
-    }
-
-    /// Copies an open local file to `remote_path` (created or truncated), then sets `mode`.
+    /// Copies an open local file to `remote_path` (created or replaced), then sets `mode`.
     /// `progress` gets the number of bytes sent so far. Returns the bytes sent.
     ///
     /// Uses SFTP (no remote shell start-up, the server writes the file itself); falls back to
-    /// `cat > file` over an exec channel when the server has no SFTP subsystem.
+    /// `cat` over an exec channel when the server has no SFTP subsystem. Either way the
+    /// bytes go to a temporary name next to `remote_path` first (see `staged`).
     pub async fn upload_file(
         &self,
         local: &File,
@@ -230,14 +241,20 @@ impl Session {
                 .map_err(io_err("opening the local file for upload"))?
                 .into_std())
         };
+        // The size is fixed now: exactly this many bytes are sent, and checked.
+        let size = local
+            .metadata()
+            .map_err(io_err("reading the local file's size"))?
+            .len();
         match self.open_sftp().await? {
             Some(sftp) => {
                 let r = self
                     .sftp_upload(
                         &sftp,
-                        read_file_chunks(open()?),
+                        read_file_chunks(open()?, Some(size)),
                         remote_path,
                         mode,
+                        size,
                         progress,
                     )
                     .await;
@@ -245,15 +262,36 @@ impl Session {
                 r
             }
             None => {
-                let cmd = Self::store_command(remote_path, mode)?;
+                let cmd = staged::store_script(
+                    remote_path,
+                    mode,
+                    size,
+                    &staged::token(),
+                    "cat > \"$t\"",
+                )?;
                 self.pipe_in(
                     &cmd,
                     &format!("upload to {remote_path}"),
-                    read_file_chunks(open()?),
+                    read_file_chunks(open()?, Some(size)),
                     progress,
                 )
                 .await
             }
+        }
+    }
+
+    /// Removes what earlier, failed uploads to `remote_path` left next to it.
+    pub async fn remove_upload_leftovers(&self, remote_path: &str) -> Result<(), SshError> {
+        let script = staged::leftovers_script(remote_path)?;
+        let out = self.exec(&script, &[], &mut |_, _| {}).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(SshError::Remote {
+                action: format!("removing leftovers of an upload to {remote_path}"),
+                code: out.exit_code,
+                stderr: stderr_text(&out.stderr),
+            })
         }
     }
 
@@ -282,49 +320,213 @@ impl Session {
         }
     }
 
+    /// Where an SFTP upload to `dest` goes: symbolic links resolved, and what is there now.
+    async fn sftp_target(&self, sftp: &SftpSession, dest: &str) -> Result<SftpTarget, SshError> {
+        let fail = |e: russh_sftp::client::error::Error| self.sftp_error(dest, e);
+        let lstat = match sftp.symlink_metadata(dest).await {
+            Ok(a) => a,
+            Err(russh_sftp::client::error::Error::Status(_)) => {
+                // Missing (or not ours to look at): the open says which.
+                return Ok(SftpTarget::New(dest.to_string()));
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let (path, attrs) = if lstat.file_type().is_symlink() {
+            // Replace the file the link points to, as writing through the link did.
+            match sftp.canonicalize(dest).await {
+                Ok(real) => match sftp.symlink_metadata(&real).await {
+                    Ok(a) => (real, a),
+                    Err(russh_sftp::client::error::Error::Status(_)) => {
+                        return Ok(SftpTarget::New(real));
+                    }
+                    Err(e) => return Err(fail(e)),
+                },
+                // A dangling link: write through it, as before.
+                Err(russh_sftp::client::error::Error::Status(_)) => {
+                    return Ok(SftpTarget::InPlace(dest.to_string()));
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        } else {
+            (dest.to_string(), lstat)
+        };
+        let kind = attrs.file_type();
+        if kind.is_dir() {
+            return Err(SshError::Remote {
+                action: format!("upload to {dest}"),
+                code: 1,
+                stderr: format!("{path} is a directory: name the file's full destination path"),
+            });
+        }
+        if kind.is_file() {
+            Ok(SftpTarget::Replace(path, attrs))
+        } else {
+            Ok(SftpTarget::InPlace(path))
+        }
+    }
+
+    /// An SFTP failure: a status from the server is its answer; anything else means the
+    /// channel or the connection went away.
+    fn sftp_error(&self, dest: &str, e: russh_sftp::client::error::Error) -> SshError {
+        match e {
+            russh_sftp::client::error::Error::Status(st) => SshError::Remote {
+                action: format!("upload to {dest}"),
+                code: 1,
+                stderr: format!("sftp: {}: {}", st.status_code, st.error_message),
+            },
+            other => SshError::Disconnected {
+                target: self.target().to_string(),
+                detail: format!("the SFTP channel failed during the upload to {dest}: {other}"),
+            },
+        }
+    }
+
+    /// The same for errors that came through the SFTP file's `AsyncWrite` (where a server
+    /// status arrives as a plain message and a transport failure keeps its SFTP error).
+    fn sftp_io_error(&self, dest: &str, e: &std::io::Error) -> SshError {
+        let transport = e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<russh_sftp::client::error::Error>());
+        if transport {
+            SshError::Disconnected {
+                target: self.target().to_string(),
+                detail: format!("the SFTP channel failed during the upload to {dest}: {e}"),
+            }
+        } else {
+            SshError::Remote {
+                action: format!("upload to {dest}"),
+                code: 1,
+                stderr: format!("sftp: {e}"),
+            }
+        }
+    }
+
     async fn sftp_upload(
         &self,
         sftp: &SftpSession,
         mut input: Chunks,
         remote_path: &str,
         mode: Option<u32>,
+        size: u64,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, SshError> {
         let action = format!("upload to {remote_path}");
-        let remote = |e: &dyn std::fmt::Display| SshError::Remote {
-            action: action.clone(),
-            code: 1,
-            stderr: format!("sftp: {e}"),
+        let target = self.sftp_target(sftp, remote_path).await?;
+        let (write_to, existing) = match &target {
+            SftpTarget::New(p) => (staged::temp_path(p, &staged::token()), None),
+            SftpTarget::Replace(p, a) => (staged::temp_path(p, &staged::token()), Some(a)),
+            SftpTarget::InPlace(p) => (p.clone(), None),
         };
+        let staging = !matches!(target, SftpTarget::InPlace(_));
         let mut attrs = FileAttributes::empty();
-        // With a mode: create it private and apply the mode once the content is complete.
-        // Without: 0666 minus the server's umask, as `cat > file` would.
-        attrs.permissions = Some(if mode.is_some() { 0o600 } else { 0o666 });
-        let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE;
+        // With a mode, or over an existing file: private until complete, the mode comes
+        // after. A new file without one: 0666 minus the server's umask, as `cat > file`.
+        attrs.permissions = Some(if mode.is_some() || existing.is_some() {
+            0o600
+        } else {
+            0o666
+        });
+        let flags = if staging {
+            OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE
+        } else {
+            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE
+        };
         let mut file = sftp
-            .open_with_flags_and_attributes(remote_path, flags, attrs)
+            .open_with_flags_and_attributes(&write_to, flags, attrs)
             .await
-            .map_err(|e| remote(&e))?;
-        let mut total = 0u64;
-        while let Some(chunk) = input.recv().await {
-            let chunk = chunk.map_err(io_err(format!("reading local data for {action}")))?;
-            file.write_all(&chunk).await.map_err(|e| remote(&e))?;
-            total += chunk.len() as u64;
-            progress(total);
-        }
-        // shutdown, not flush: flush would fsync the whole file on OpenSSH servers.
-        file.shutdown().await.map_err(|e| remote(&e))?;
-        if let Some(m) = mode {
-            let mut attrs = FileAttributes::empty();
-            attrs.permissions = Some(m & 0o7777);
-            sftp.set_metadata(remote_path, attrs)
+            .map_err(|e| self.sftp_error(remote_path, e))?;
+        let written = async {
+            let mut total = 0u64;
+            while let Some(chunk) = input.recv().await {
+                let chunk = chunk.map_err(io_err(format!("reading local data for {action}")))?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.sftp_io_error(remote_path, &e))?;
+                total += chunk.len() as u64;
+                progress(total);
+            }
+            // shutdown, not flush: flush would fsync the whole file on OpenSSH servers.
+            file.shutdown()
                 .await
-                .map_err(|e| remote(&e))?;
+                .map_err(|e| self.sftp_io_error(remote_path, &e))?;
+            if total != size {
+                return Err(SshError::LocalIo {
+                    what: format!("reading the local file for {action}"),
+                    source: std::io::Error::other(format!(
+                        "it changed while being uploaded ({total} of {size} bytes read)"
+                    )),
+                });
+            }
+            let perms = mode
+                .map(|m| m & 0o7777)
+                .or_else(|| existing.and_then(|a| a.permissions).map(|p| p & 0o7777));
+            if let Some(p) = perms {
+                let mut attrs = FileAttributes::empty();
+                attrs.permissions = Some(p);
+                sftp.set_metadata(&write_to, attrs)
+                    .await
+                    .map_err(|e| self.sftp_error(remote_path, e))?;
+            }
+            if let Some(old) = existing
+                && let (Some(uid), Some(gid)) = (old.uid, old.gid)
+            {
+                let mut owner = FileAttributes::empty();
+                (owner.uid, owner.gid) = (Some(uid), Some(gid));
+                // Only root may give a file away; others get the file as their own.
+                if let Err(e) = sftp.set_metadata(&write_to, owner).await {
+                    tracing::debug!(dest = remote_path, "keeping the old owner failed: {e}");
+                }
+            }
+            if let SftpTarget::New(p) | SftpTarget::Replace(p, _) = &target {
+                self.publish(sftp, &write_to, p, existing.is_some()).await?;
+            }
+            Ok::<u64, SshError>(total)
         }
-        Ok(total)
+        .await;
+        if let Err(e) = &written
+            && staging
+            && !e.is_disconnect()
+        {
+            // Still connected (a full disk, a refused chmod): take the partial file away.
+            if let Err(e) = sftp.remove_file(&write_to).await {
+                tracing::debug!(path = %write_to, "removing the partial upload failed: {e}");
+            }
+        }
+        written
     }
 
-    /// Writes `contents` to `remote_path` (created or truncated), then sets `mode`.
+    /// Renames the complete temporary file over `target`. SFTP's own rename refuses an
+    /// existing target (OpenSSH links, then unlinks), so replacing one takes `mv -f`.
+    async fn publish(
+        &self,
+        sftp: &SftpSession,
+        temp: &str,
+        target: &str,
+        exists: bool,
+    ) -> Result<(), SshError> {
+        if !exists {
+            match sftp.rename(temp, target).await {
+                Ok(()) => return Ok(()),
+                // Someone created it meanwhile: replace it like any other.
+                Err(russh_sftp::client::error::Error::Status(st))
+                    if st.status_code != StatusCode::NoSuchFile => {}
+                Err(e) => return Err(self.sftp_error(target, e)),
+            }
+        }
+        let cmd = format!("mv -f -- {} {}", quote_path(temp)?, quote_path(target)?);
+        let out = self.exec(&cmd, &[], &mut |_, _| {}).await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(SshError::Remote {
+                action: format!("moving the uploaded file into place at {target}"),
+                code: out.exit_code,
+                stderr: stderr_text(&out.stderr),
+            })
+        }
+    }
+
+    /// Writes `contents` to `remote_path` (created or replaced), then sets `mode`.
     pub async fn write_file(
         &self,
         remote_path: &str,
@@ -334,7 +536,13 @@ impl Session {
         let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(Ok(contents.to_vec()));
         drop(tx);
-        let cmd = Self::store_command(remote_path, mode)?;
+        let cmd = staged::store_script(
+            remote_path,
+            mode,
+            contents.len() as u64,
+            &staged::token(),
+            "cat > \"$t\"",
+        )?;
         self.pipe_in(&cmd, &format!("write to {remote_path}"), rx, &|_| {})
             .await
             .map(|_| ())
@@ -396,6 +604,8 @@ impl Session {
             .try_clone()
             .map_err(io_err("opening the local directory"))?;
         let (tx, rx) = mpsc::channel(4);
+        let token = staged::token();
+        let marker = staged::tree_marker(&token);
         let tar_task = tokio::task::spawn_blocking(move || {
             let writer = ChunkWriter {
                 tx: tx.clone(),
@@ -403,17 +613,25 @@ impl Session {
             };
             let mut builder = tar::Builder::new(writer);
             builder.follow_symlinks(false);
-            let r = append_dir(&mut builder, &root, Path::new("")).and_then(|()| {
-                let mut w = builder.into_inner()?;
-                w.flush_buf()
-            });
+            let r = append_dir(&mut builder, &root, Path::new(""))
+                .and_then(|()| {
+                    // Last: its arrival proves everything before it arrived.
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(0);
+                    h.set_mode(0o600);
+                    builder.append_data(&mut h, &marker, std::io::empty())
+                })
+                .and_then(|()| {
+                    let mut w = builder.into_inner()?;
+                    w.flush_buf()
+                });
             if let Err(e) = &r {
                 let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
             }
             r
         });
-        let dir = quote_path(remote_dir)?;
-        let cmd = format!("mkdir -p {dir} && tar -x -p --no-same-owner -f - -C {dir}");
+        let cmd = staged::tree_script(remote_dir, &token)?;
         let sent = self
             .pipe_in(
                 &cmd,
@@ -434,6 +652,16 @@ impl Session {
             }),
         }
     }
+}
+
+/// Where an SFTP upload lands.
+enum SftpTarget {
+    /// Nothing there yet: stage, then rename.
+    New(String),
+    /// A regular file: stage, then replace it, keeping its owner (and mode if none is given).
+    Replace(String, FileAttributes),
+    /// A device, fifo or dangling link: write in place, as a plain open would.
+    InPlace(String),
 }
 
 /// Where downloaded bytes go.
@@ -559,4 +787,28 @@ fn append_dir<W: Write>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_stderr_is_cut_at_a_line_so_no_secret_fragment_shows() {
+        assert_eq!(stderr_text(b"  \n"), "(no error output)");
+        assert_eq!(stderr_text(b"short\n"), "short");
+        // A secret line straddling the cut is dropped whole, not shown from its middle.
+        let mut s = String::from("SECRET-VALUE-42");
+        s.push('\n');
+        // The kept tail would start at "CRET-VALUE-42".
+        s.push_str(&"y".repeat(ERR_KEEP - 19));
+        s.push_str("\nlast");
+        let shown = stderr_text(s.as_bytes());
+        assert!(!shown.contains("VALUE"), "{shown}");
+        assert!(shown.ends_with("last"));
+        assert_eq!(
+            stderr_text("z".repeat(ERR_KEEP + 10).as_bytes()),
+            "(error output too long to show)"
+        );
+    }
 }

@@ -31,6 +31,9 @@ pub fn register_types(engine: &mut Engine) {
     engine.register_type_with_name::<Ctx>("BuildContext");
     engine.register_type_with_name::<crate::caps::machine::rhai::MachineObj>("Machine");
     ctx::register_pure(engine);
+    for cap in crate::caps::TABLE {
+        cap.register_pure(engine);
+    }
 }
 
 /// A build's runtime API: `ctx`, the artifact primitives, and every capability's

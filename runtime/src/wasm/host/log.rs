@@ -1,6 +1,11 @@
 //! The guest's log: the `kiln:host/log` interface and guest stdout/stderr, split into
 //! lines and sent to the build log through one byte budget per run. Not a capability:
 //! every provisioner may log, and a flood is cut and reported (`wasm.log`).
+//!
+//! Secrets are redacted before anything is cut: stdout/stderr go through a stream
+//! redactor before they are split into lines (a long line is cut after redaction),
+//! and a message is redacted before the budget truncates it, so no cut can leave part
+//! of a secret in clear.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,6 +16,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use super::HostState;
 use crate::caps::Scope;
+use crate::ui::{LineStream, Redactor};
 use crate::wasm::LogLevel;
 use crate::wasm::bindings::log;
 
@@ -21,6 +27,7 @@ pub type LogOutput = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 pub(crate) struct LogSink {
     out: LogOutput,
     scope: Scope,
+    redactor: Redactor,
     state: Mutex<LogBudget>,
 }
 
@@ -31,10 +38,11 @@ struct LogBudget {
 }
 
 impl LogSink {
-    pub(crate) fn new(out: LogOutput, scope: Scope, limit: usize) -> Arc<Self> {
+    pub(crate) fn new(out: LogOutput, scope: Scope, redactor: Redactor, limit: usize) -> Arc<Self> {
         Arc::new(LogSink {
             out,
             scope,
+            redactor,
             state: Mutex::new(LogBudget {
                 remaining: limit,
                 limit,
@@ -49,6 +57,8 @@ impl LogSink {
             b.dropped = b.dropped.saturating_add(message.len());
             return;
         }
+        // Redact before the budget cuts the message.
+        let message = &self.redactor.redact(message);
         let keep = floor_char_boundary(message, message.len().min(b.remaining));
         b.remaining -= keep.max(1).min(b.remaining);
         let first_drop = keep < message.len() || b.remaining == 0;
@@ -95,18 +105,10 @@ impl IsTerminal for GuestStdio {
 
 impl StdoutStream for GuestStdio {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter {
-            level: self.level,
-            sink: self.sink.clone(),
-            buf: Vec::new(),
-        })
+        Box::new(LineWriter::new(self.level, self.sink.clone()))
     }
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
-            level: self.level,
-            sink: self.sink.clone(),
-            buf: Vec::new(),
-        })
+        Box::new(LineWriter::new(self.level, self.sink.clone()))
     }
 }
 
@@ -117,32 +119,34 @@ const MAX_LINE: usize = 8 << 10;
 struct LineWriter {
     level: LogLevel,
     sink: Arc<LogSink>,
-    buf: Vec<u8>,
+    /// `None` once finished (on drop).
+    lines: Option<LineStream>,
 }
 
 impl LineWriter {
-    fn push(&mut self, bytes: &[u8]) {
-        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
-            self.buf.extend_from_slice(chunk);
-            if self.buf.ends_with(b"\n") || self.buf.len() >= MAX_LINE {
-                self.flush_line();
-            }
+    fn new(level: LogLevel, sink: Arc<LogSink>) -> Self {
+        let lines = LineStream::new(&sink.redactor, MAX_LINE);
+        LineWriter {
+            level,
+            sink,
+            lines: Some(lines),
         }
     }
 
-    fn flush_line(&mut self) {
-        if self.buf.is_empty() {
-            return;
+    fn push(&mut self, bytes: &[u8]) {
+        let (level, sink) = (self.level, &self.sink);
+        if let Some(lines) = self.lines.as_mut() {
+            lines.push(bytes, &mut |line| sink.emit(level, line));
         }
-        let line = String::from_utf8_lossy(&self.buf);
-        self.sink.emit(self.level, line.trim_end_matches('\n'));
-        self.buf.clear();
     }
 }
 
 impl Drop for LineWriter {
     fn drop(&mut self) {
-        self.flush_line();
+        let (level, sink) = (self.level, &self.sink);
+        if let Some(lines) = self.lines.take() {
+            lines.finish(&mut |line| sink.emit(level, line));
+        }
     }
 }
 
