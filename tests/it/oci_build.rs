@@ -294,7 +294,6 @@ source("app", oci(#{{
 /// change in an uploaded file, the steps before it come from the cache and it and
 /// the later ones run again.
 #[test]
-#[ignore = "known failure: the --no-cache rebuild gives the same layers but a different image config digest (under investigation)"]
 fn reproducible_digests_and_the_layer_cache() {
     let fx = Fixture::new();
     let p = Project::new();

@@ -132,6 +132,14 @@ pub struct StepSpec {
     pub declared_at: String,
 }
 
+/// The name of a closure step's function, if the script gave it one (`Fn("name")`).
+/// An anonymous closure's is `anon$` and a hash that changes from one kiln process to
+/// the next, so it must not reach an image's history or a cache key: it is `None`
+/// and the step is named by where it was declared.
+pub fn closure_name(func: &rhai::FnPtr) -> Option<&str> {
+    Some(func.fn_name()).filter(|n| !n.starts_with("anon$"))
+}
+
 impl StepSpec {
     /// Short description for the UI and the audit log.
     pub fn describe(&self) -> String {
@@ -139,7 +147,10 @@ impl StepSpec {
             StepKind::Shell { inline } => format!("shell ({} commands)", inline.len()),
             StepKind::ShellScript { path } => format!("shell {path}"),
             StepKind::File { src, dest } => format!("file {src} => {dest}"),
-            StepKind::Closure { func } => format!("closure {}", func.fn_name()),
+            StepKind::Closure { func } => match closure_name(func) {
+                Some(name) => format!("closure {name}"),
+                None => format!("closure at {}", self.declared_at),
+            },
             StepKind::Wasm { path, .. } => format!("wasm {path}"),
             StepKind::Breakpoint { note } if note.is_empty() => "breakpoint".to_string(),
             StepKind::Breakpoint { note } => format!("breakpoint ({note})"),

@@ -75,7 +75,11 @@ pub fn step_key(
             h.update(file_digest(project, scope, src)?.as_bytes());
         }
         StepKind::Closure { func } => {
-            h.update(func.fn_name().as_bytes());
+            // Stable from run to run: not an anonymous closure's per-process name.
+            match crate::plan::closure_name(func) {
+                Some(name) => h.update(name.as_bytes()),
+                None => h.update(step.declared_at.as_bytes()),
+            }
             h.update(b"\0");
             h.update(script_sha256.as_bytes());
         }
