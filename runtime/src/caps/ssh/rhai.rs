@@ -80,6 +80,9 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         .as_ref()
         .filter(|_| use_file_disk)
         .map(|vm| Arc::new(crate::host::qemu::FileDisk::new(vm.clone())));
+    // A VM kiln started (its processes end with it), whether it is pinned on first use
+    // or, restored from the step cache, pinned to the key saved with it.
+    let created_vm = is_vm && tofu;
     let cache = qemu::cache_rhai::cache_of(&opts, "step_cache").map_err(err)?;
     let mut cfg = cfg;
     let mut tofu = tofu;
@@ -98,7 +101,7 @@ fn connect(ctx: &NativeCallContext, c: &mut Ctx, ssh: Map, opts: Map) -> RhaiRes
         ..ConnectOptions::default()
     };
     let project = c.rt.plan.project.clone();
-    let why_not = super::unreachable_reason(&cfg, key.is_some(), is_vm && tofu);
+    let why_not = super::unreachable_reason(&cfg, key.is_some(), created_vm);
     let m = block(
         ctx,
         &c.rt,
