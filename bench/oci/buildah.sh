@@ -124,8 +124,11 @@ size = len(body) + m["config"]["size"] + sum(l["size"] for l in m["layers"])
 print("sha256:" + hashlib.sha256(body).hexdigest(), size, len(m["layers"]))
 PY
 }
-results=$work/results.tsv
-: > "$results"
+results=$work/results.tsv   # round tool phase seconds digest bytes layers
+parts=$work/parts.tsv       # round tool phase start base steps push (seconds)
+: > "$results"; : > "$parts"
+stamp() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
+mark() { marks+=("$EPOCHREALTIME"); }
 record() { # round tool phase seconds repo tag
   local info
   info=$(reg_info "$5" "$6") || die "$2 $3: $5:$6 is not in the registry"
@@ -140,11 +143,21 @@ run_logged() { # logfile cmd...: runs, shows the log if it fails
 kiln_build() { # round phase cache repo tag last [kiln args...]
   local r=$1 phase=$2 cache=$3 repo=$4 tag=$5 last=$6; shift 6
   local t0 t1
+  local t0 t1 out=$work/out/kiln-$r-$phase.log
   t0=$(now)
-  run_logged "$work/out/kiln-$r-$phase.log" env -u SOURCE_DATE_EPOCH -u REGISTRY_AUTH_FILE \
+  if ! env -u SOURCE_DATE_EPOCH -u REGISTRY_AUTH_FILE \
     KILN_CACHE_DIR="$cache" KILN_STATE_DIR="$work/state" NO_COLOR=1 \
-    "$KILN" build "$@" --var registry="$reg" --var repo="$repo" --var tag="$tag" --var last="$last" "$work/proj"
+    "$KILN" build "$@" --var registry="$reg" --var repo="$repo" --var tag="$tag" --var last="$last" "$work/proj" \
+    2>&1 | stamp > "$out"; then
+    log "kiln build failed"; tail -40 "$out" >&2; exit 1
+  fi
   t1=$(now)
+  # Parts, from the stamped lines: base image read (and unpacked when the cache is cold),
+  # steps + commit, push.
+  awk -v t0="$t0" -v t1="$t1" -v r="$r" -v p="$phase" '
+    /Reading base image/ { a = $1 } / Base image / { b = $1 } / Pushing sha256:/ { c = $1 }
+    END { printf "%s\tkiln\t%s\t%.3f\t%.3f\t%.3f\t%.3f\n", r, p, a - t0 / 1e9, b - a, c - b, t1 / 1e9 - c }' \
+    "$out" >> "$parts"
   record "$r" kiln "$phase" "$(secs "$t0" "$t1")" "$repo" "$tag"
 }
 
@@ -157,7 +170,9 @@ ba() { # storage args...: buildah on a private storage
 # in `|| return`: run_logged calls this in an `if`, where `set -e` does not apply.)
 buildah_steps() { # storage name repo tag last
   local s=$1 name=$2 repo=$3 tag=$4 last=$5 f=$work/proj/files
+  mark
   ba "$s" from --quiet --name "$name" "oci:$base_layout" >/dev/null || return
+  mark
   ba "$s" run --isolation chroot "$name" -- /bin/sh -ec '
     mkdir -p /srv/app/conf
     for i in $(seq 1 100); do echo "key$i=value$i" > /srv/app/conf/$i.conf; done
@@ -173,27 +188,39 @@ buildah_steps() { # storage name repo tag last
     --cmd '["--version"]' --entrypoint '["/opt/pkg/bin/pkg"]' --workingdir /srv/app "$name" || return
   ba "$s" run --isolation chroot "$name" -- /bin/sh -ec "echo build-$last > /srv/app/BUILD" || return
   ba "$s" commit --quiet --timestamp 0 --rm "$name" "localhost/bench-script:$tag" >/dev/null || return
-  ba "$s" push --quiet --tls-verify=false "localhost/bench-script:$tag" "docker://$reg/$repo:$tag"
+  mark
+  ba "$s" push --quiet --tls-verify=false "localhost/bench-script:$tag" "docker://$reg/$repo:$tag" || return
+  mark
 }
 buildah_script() { # round phase storage repo tag last
   local r=$1 phase=$2 s=$3 repo=$4 tag=$5 last=$6 t0 t1
+  marks=()
   t0=$(now)
   run_logged "$work/out/buildah-$r-$phase.log" buildah_steps "$s" "bench-$r-$phase" "$repo" "$tag" "$last"
   t1=$(now)
+  awk -v r="$r" -v p="$phase" -v t0="$t0" -v m="${marks[*]}" 'BEGIN { split(m, x, " ")
+    printf "%s\tbuildah\t%s\t%.3f\t%.3f\t%.3f\t%.3f\n", r, p, x[1] - t0 / 1e9, x[2] - x[1], x[3] - x[2], x[4] - x[3] }' >> "$parts"
   record "$r" buildah "$phase" "$(secs "$t0" "$t1")" "$repo" "$tag"
 }
 buildah_file_steps() { # storage repo tag last [buildah build args...]
   local s=$1 repo=$2 tag=$3 last=$4; shift 4
+  mark
   ba "$s" build --quiet --isolation chroot --layers --timestamp 0 --build-arg LAST="$last" "$@" \
     -t "localhost/bench-file:$tag" -f "$work/proj/Containerfile" "$work/proj" || return
-  ba "$s" push --quiet --tls-verify=false "localhost/bench-file:$tag" "docker://$reg/$repo:$tag"
+  mark
+  ba "$s" push --quiet --tls-verify=false "localhost/bench-file:$tag" "docker://$reg/$repo:$tag" || return
+  mark
 }
 buildah_file() { # round phase storage repo tag last [buildah build args...]
   local r=$1 phase=$2 s=$3 repo=$4 tag=$5 last=$6; shift 6
   local t0 t1
+  marks=()
   t0=$(now)
   run_logged "$work/out/build-$r-$phase.log" buildah_file_steps "$s" "$repo" "$tag" "$last" "$@"
   t1=$(now)
+  # `buildah build` imports the base inside the build: its part is in "steps".
+  awk -v r="$r" -v p="$phase" -v t0="$t0" -v m="${marks[*]}" 'BEGIN { split(m, x, " ")
+    printf "%s\tbuild\t%s\t%.3f\t-\t%.3f\t%.3f\n", r, p, x[1] - t0 / 1e9, x[2] - x[1], x[3] - x[2] }' >> "$parts"
   record "$r" build "$phase" "$(secs "$t0" "$t1")" "$repo" "$tag"
 }
 
@@ -206,15 +233,18 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r (load $(cut -d' ' -f1-3 /proc/loadavg))"
   kc=$work/cache/kiln-$r; sb=$work/storage/script-$r; sf=$work/storage/file-$r
   mkdir -p "$kc" "$sb" "$sf"
-  kiln_build "$r" cold "$kc" "bench/kiln-$r" v1 1
-  buildah_script "$r" cold "$sb" "bench/buildah-$r" v1 1
-  buildah_file "$r" cold "$sf" "bench/build-$r" v1 1
-  kiln_build "$r" warm "$kc" "bench/kiln-$r" v2 2
-  buildah_script "$r" warm "$sb" "bench/buildah-$r" v2 2
-  buildah_file "$r" warm "$sf" "bench/build-$r" v2 2
-  kiln_build "$r" repro "$kc" "bench/kiln-$r" v1r 1 --no-cache
-  buildah_script "$r" repro "$sb" "bench/buildah-$r" v1r 1
-  buildah_file "$r" repro "$sf" "bench/build-$r" v1r 1 --no-cache
+  # Which tool goes first flips every round (odd: kiln first; even: kiln last).
+  for phase in cold warm repro; do
+    case $phase in
+      cold) k=(v1 1); b=(v1 1); kx=(); bx=() ;;
+      warm) k=(v2 2); b=(v2 2); kx=(); bx=() ;;
+      repro) k=(v1r 1); b=(v1r 1); kx=(--no-cache); bx=(--no-cache) ;;
+    esac
+    if [ $((r % 2)) = 1 ]; then kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
+    buildah_script "$r" "$phase" "$sb" "bench/buildah-$r" "${b[@]}"
+    buildah_file "$r" "$phase" "$sf" "bench/build-$r" "${b[@]}" "${bx[@]}"
+    if [ $((r % 2)) = 0 ]; then kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
+  done
   grep -q "Using cached layer for step 3" "$work/out/kiln-$r-warm.log" \
     || die "kiln's warm build did not reuse steps 1-3: $(cat "$work/out/kiln-$r-warm.log")"
   # Free the round's storage (a buildah storage holds ~4 copies of the image).
@@ -289,5 +319,22 @@ awk -F'\t' -v rounds="$ROUNDS" '
         kc / median(t[x SUBSEP "cold"]), kw / median(t[x SUBSEP "warm"]), kr / median(t[x SUBSEP "repro"])
     }
   }' "$results"
+echo
+echo "where the time goes (medians, seconds; base = read + unpack/import the base image, steps include the commit):"
+awk -F'\t' '
+  { k = $2 SUBSEP $3; for (i = 4; i <= 7; i++) v[k SUBSEP i] = v[k SUBSEP i] " " $i; seen[k] = 1 }
+  function median(list,   n, a, i, j, x) {
+    n = split(list, a, " "); if (a[1] == "-") return "-"
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { x = a[i]; a[i] = a[j]; a[j] = x }
+    return sprintf("%.2f", (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2)
+  }
+  END {
+    printf "| builder | phase | start | base | steps | push |\n|---|---|---|---|---|---|\n"
+    split("kiln buildah build", tools, " "); split("cold warm repro", phases, " ")
+    for (i = 1; i <= 3; i++) for (j = 1; j <= 3; j++) {
+      k = tools[i] SUBSEP phases[j]; if (!(k in seen)) continue
+      printf "| %s | %s | %s | %s | %s | %s |\n", tools[i], phases[j], median(v[k SUBSEP 4]), median(v[k SUBSEP 5]), median(v[k SUBSEP 6]), median(v[k SUBSEP 7])
+    }
+  }' "$parts"
 echo "peak RSS, one ${BIG_MIB} MiB layer built and pushed: kiln ${kiln_rss} MiB in ${kiln_big_s} s (goal <= 64 MiB), buildah ${buildah_rss} MiB in ${buildah_big_s} s"
 awk -v k="$kiln_rss" 'BEGIN { exit !(k <= 64) }' || { log "kiln's peak RSS ${kiln_rss} MiB is above 64 MiB"; exit 1; }
