@@ -27,8 +27,9 @@
 #   build    `buildah build --layers --timestamp 0 --isolation chroot` of the Containerfile in
 #            a fresh storage: the fair warm comparison (its layer cache keeps RUN/COPY/ADD);
 #            repro with `--no-cache`.
-# Every build ends with the image pushed (cold: a new repository; warm and repro: the same
-# one, so blobs already there are skipped by both). Wall times are whole commands. Sizes
+# Every build ends with the image pushed: cold to a fresh docker-registry of its own (no
+# blob of an earlier build to mount or skip), warm and repro to the same registry and
+# repository, so blobs already there are skipped by both. Wall times are whole commands. Sizes
 # and digests are read back from the registry (manifest + config + layers as stored).
 # Then kiln's peak RSS (/usr/bin/time -v) building and pushing one 500 MiB layer (a
 # random-data upload), and buildah's for the same, for comparison.
@@ -58,7 +59,6 @@ fi
 "$root/tools/oci-base-image.sh"
 [ "$base_dir" = /var/tmp/kiln-base ] || die "the recipe names /var/tmp/kiln-base/oci (Containerfile): KILN_BASE_DIR must be unset"
 
-reg_pid=""
 cleanup() {
   set +e
   for s in "$work"/storage/*; do
@@ -66,7 +66,7 @@ cleanup() {
   done
   # Whatever the storage driver left mounted under the work dir (nothing, normally).
   grep -o " $work/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  stop_registries
   [ "${KEEP:-0}" = 1 ] && { echo "kept $work (KEEP=1)" >&2; return; }
   rm -rf "$work"
 }
@@ -86,10 +86,19 @@ tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/pkgsrc"
 cp "$here/build.rhai" "$here/Containerfile" "$work/proj/"
 cp "$here/big.rhai" "$work/big/build.rhai"
 
-# --- the registry ------------------------------------------------------------------------
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-cat > "$work/reg/config.yml" <<YML
+# --- the registries ----------------------------------------------------------------------
+# Debian's docker-registry, one config. Every cold build pushes to a fresh, empty instance
+# (one per builder per round): buildah remembers where it pushed each blob
+# (/var/lib/containers/cache/blob-info-cache-v1.boltdb, shared by all its stores) and
+# would otherwise mount a blob from an earlier round's repository instead of compressing
+# and uploading it, which would make its "cold" push a warm one. Warm and repro builds push
+# to the cold build's registry and repository, so both tools skip the blobs already there.
+reg_pids=()
+start_registry() { # name -> sets reg=127.0.0.1:PORT
+  local d=$work/reg/$1 p
+  p=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$d"
+  cat > "$d/config.yml" <<YML
 version: 0.1
 log:
   level: warn
@@ -97,15 +106,22 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: $work/reg/data
+    rootdirectory: $d/data
 http:
-  addr: $reg
+  addr: 127.0.0.1:$p
 YML
-docker-registry serve "$work/reg/config.yml" > "$work/reg/log" 2>&1 &
-reg_pid=$!
-for _ in $(seq 600); do curl -sf -o /dev/null "http://$reg/v2/" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://$reg/v2/" || die "docker-registry did not start: $(cat "$work/reg/log")"
-log "docker-registry on $reg"
+  docker-registry serve "$d/config.yml" > "$d/log" 2>&1 &
+  reg_pids+=($!)
+  reg=127.0.0.1:$p
+  for _ in $(seq 600); do curl -sf -o /dev/null "http://$reg/v2/" && return 0; sleep 0.1; done
+  die "docker-registry did not start: $(cat "$d/log")"
+}
+stop_registries() {
+  local p
+  for p in "${reg_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  reg_pids=()
+  rm -rf "$work/reg"
+}
 
 # --- helpers -----------------------------------------------------------------------------
 now() { date +%s%N; }
@@ -233,6 +249,9 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r (load $(cut -d' ' -f1-3 /proc/loadavg))"
   kc=$work/cache/kiln-$r; sb=$work/storage/script-$r; sf=$work/storage/file-$r
   mkdir -p "$kc" "$sb" "$sf"
+  start_registry "kiln-$r"; reg_k=$reg
+  start_registry "buildah-$r"; reg_b=$reg
+  start_registry "build-$r"; reg_f=$reg
   # Which tool goes first flips every round (odd: kiln first; even: kiln last).
   for phase in cold warm repro; do
     case $phase in
@@ -240,10 +259,10 @@ for r in $(seq "$ROUNDS"); do
       warm) k=(v2 2); b=(v2 2); kx=(); bx=() ;;
       repro) k=(v1r 1); b=(v1r 1); kx=(--no-cache); bx=(--no-cache) ;;
     esac
-    if [ $((r % 2)) = 1 ]; then kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
-    buildah_script "$r" "$phase" "$sb" "bench/buildah-$r" "${b[@]}"
-    buildah_file "$r" "$phase" "$sf" "bench/build-$r" "${b[@]}" "${bx[@]}"
-    if [ $((r % 2)) = 0 ]; then kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
+    if [ $((r % 2)) = 1 ]; then reg=$reg_k; kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
+    reg=$reg_b; buildah_script "$r" "$phase" "$sb" "bench/buildah-$r" "${b[@]}"
+    reg=$reg_f; buildah_file "$r" "$phase" "$sf" "bench/build-$r" "${b[@]}" "${bx[@]}"
+    if [ $((r % 2)) = 0 ]; then reg=$reg_k; kiln_build "$r" "$phase" "$kc" "bench/kiln-$r" "${k[@]}" "${kx[@]}"; fi
   done
   grep -q "Using cached layer for step 3" "$work/out/kiln-$r-warm.log" \
     || die "kiln's warm build did not reuse steps 1-3: $(cat "$work/out/kiln-$r-warm.log")"
@@ -252,21 +271,24 @@ for r in $(seq "$ROUNDS"); do
   ba "$sb" rmi --all --force >/dev/null 2>&1 || true
   ba "$sf" rmi --all --force >/dev/null 2>&1 || true
   rm -rf "$kc" "$sb" "$sf"
+  stop_registries
 done
 
 # --- peak RSS with one big layer ---------------------------------------------------------
 log "peak RSS: one ${BIG_MIB} MiB random-data layer, built and pushed"
 head -c $((BIG_MIB << 20)) /dev/urandom > "$work/big/files/big.bin"
+start_registry big-kiln
 t0=$(now)
 run_logged "$work/out/kiln-big.log" /usr/bin/time -v -o "$work/out/kiln-big.time" \
   env KILN_CACHE_DIR="$work/cache/big" KILN_STATE_DIR="$work/state" NO_COLOR=1 \
   "$KILN" build --var registry="$reg" "$work/big"
 t1=$(now)
+grep -q "Pushed $reg/bench/big@sha256:" "$work/out/kiln-big.log" || die "kiln did not push the big image: $(cat "$work/out/kiln-big.log")"
 kiln_big_s=$(secs "$t0" "$t1")
 kiln_rss=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2/1024 }' "$work/out/kiln-big.time")
 sb=$work/storage/big
 mkdir -p "$sb"
-t0=$(now)
+start_registry big-buildah
 big_steps() {
   ba "$sb" from --quiet --name big "oci:$base_layout" >/dev/null || return
   ba "$sb" copy --quiet big "$work/big/files/big.bin" /srv/big.bin >/dev/null || return
@@ -275,11 +297,13 @@ big_steps() {
 }
 export -f ba big_steps
 export sb work base_layout reg BUILDAH_DRIVER
+t0=$(now)
 run_logged "$work/out/buildah-big.log" /usr/bin/time -v -o "$work/out/buildah-big.time" bash -c big_steps
 t1=$(now)
 buildah_big_s=$(secs "$t0" "$t1")
 buildah_rss=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2/1024 }' "$work/out/buildah-big.time")
 rm -f "$work/big/files/big.bin"
+stop_registries
 
 # --- summary -----------------------------------------------------------------------------
 echo
