@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench/oci/buildah.sh's baseline: Debian's buildah (daemonless image builds, chroot
-# isolation, vfs storage in a temp dir), and GNU time for the peak-RSS measurement.
+# isolation, overlay storage in a temp dir), and GNU time for the peak-RSS measurement.
+# Without Recommends: the benchmark uses `--isolation chroot`, which needs no OCI runtime
+# (crun/runc) and no fuse-overlayfs (native overlay as root).
 # Idempotent: installs only what is missing; runs apt-get update only when a package is unknown.
 set -euo pipefail
 log() { printf '[setup buildah] %s\n' "$*" >&2; }
