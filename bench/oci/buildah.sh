@@ -34,7 +34,7 @@
 # Then kiln's peak RSS (/usr/bin/time -v) building and pushing one 500 MiB layer (a
 # random-data upload), and buildah's for the same, for comparison.
 # Needs root (containers, overlayfs). Installs buildah and GNU time if missing
-# (tools/setup.d/buildah.sh) and docker-registry (tools/setup.d/registry.sh).
+# (bench/oci/setup.sh) and docker-registry (tools/setup.d/registry.sh).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -54,7 +54,7 @@ if [ ! -x "$KILN" ]; then
   log "building kiln (release)"
   (cd "$root" && cargo build -q --release -p kiln)
 fi
-"$root/tools/setup.d/buildah.sh"
+"$root/bench/oci/setup.sh"
 "$root/tools/setup.d/registry.sh"
 "$root/tools/oci-base-image.sh"
 [ "$base_dir" = /var/tmp/kiln-base ] || die "the recipe names /var/tmp/kiln-base/oci (Containerfile): KILN_BASE_DIR must be unset"
