@@ -9,8 +9,10 @@
 //! 4. a build interrupted by SIGINT in step 3, then `kiln build --resume`: it continues
 //!    from the cached state after step 2;
 //! 5. a kiln killed outright (SIGKILL) in step 3: the next build still restores and
-//!    succeeds (the entries a dead kiln leaves are whole or absent);
-//! and the provisioned files in every build's image are what the steps wrote.
+//!    succeeds (the entries a dead kiln leaves are whole or absent).
+//!
+//! In each, the files the last step downloads from the machine are what the steps
+//! (run or restored) wrote.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -124,7 +126,9 @@ fn a_rebuild_with_the_last_step_changed_restores_the_cached_vm_without_booting()
     // 2. Only the last step changes: steps 1-2 come from the cache, step 3 runs.
     p.write("build.rhai", &script(&base, &see("v2")));
     // The dry run sees the cached prefix and touches nothing.
-    let dry = kiln(&["build", "--dry-run", "."]).output().expect("dry run");
+    let dry = kiln(&["build", "--dry-run", "."])
+        .output()
+        .expect("dry run");
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     let d = String::from_utf8_lossy(&dry.stdout);
     assert_eq!(
