@@ -244,7 +244,7 @@ fn glance_direct_import_stages_and_imports_and_is_recorded() {
     let rt = rt();
     let post = format!(
         r#"openstack_image(#{{ name: "kiln-it-direct", endpoint: "{}", import_method: "glance-direct" }}),
-           manifest("output/manifest.json")"#,
+           manifest("output/manifest.json"), registry(#{{ bucket: "web" }})"#,
         g.url()
     );
     let p = project(&post, 16, 2);
@@ -266,6 +266,23 @@ fn glance_direct_import_stages_and_imports_and_is_recorded() {
     assert_eq!(
         m["builds"][0]["openstack"]["import_method"],
         "glance-direct"
+    );
+    // and the registry records it: platform openstack, the Glance id, the cloud.
+    let shown = p.kiln(&["artifacts", "show", "web", "@latest", "--json"]);
+    ok(&shown);
+    let v: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    let recorded = v["builds"][0]["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|a| a["platform"] == "openstack")
+        .unwrap_or_else(|| panic!("no openstack artifact recorded: {v}"))
+        .clone();
+    assert_eq!(recorded["external_id"], images[0].id.as_str(), "{v}");
+    assert_eq!(
+        recorded["region"],
+        m["builds"][0]["openstack"]["cloud"],
+        "{v}"
     );
     let log = audit(&p);
     for op in ["stage image", "import image"] {
