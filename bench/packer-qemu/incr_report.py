@@ -29,13 +29,57 @@ def walls(res, runs, v):
     return out
 
 
+def split(res, runs, v):
+    """Per round: seconds from spawn to the "Gracefully halting" line (boot or restore,
+    the steps, recording their state) and from it to the end (shutdown, convert,
+    post-processors: the same work in every variant)."""
+    vm, tail = [], []
+    for i in range(1, runs + 1):
+        d = f"{res}/{v}-{i}"
+        if not os.path.exists(f"{d}/monitor.json"):
+            continue
+        mon = json.load(open(f"{d}/monitor.json"))
+        for line in open(f"{d}/stdout.tsv", errors="replace"):
+            t, _, text = line.partition("\t")
+            if "Gracefully halting" in text:
+                vm.append(float(t) - mon["t0"])
+                tail.append(mon["t1"] - float(t))
+                break
+    return vm, tail
+
+
+def recording(res, runs, v):
+    """Per round: seconds kiln spent between a step's end and its next progress line,
+    summed over the steps that ran: recording the step's state (fsfreeze, disk layer,
+    savevm) when the cache is on, a few ms without it."""
+    out = []
+    for i in range(1, runs + 1):
+        p = f"{res}/{v}-{i}/stdout.tsv"
+        if not os.path.exists(p):
+            continue
+        total, ended = 0.0, None
+        for line in open(p, errors="replace"):
+            t, _, text = line.partition("\t")
+            try:
+                ev = json.loads(text)
+            except ValueError:
+                continue
+            if ev.get("type") == "step-end" and not ev.get("cached"):
+                ended = float(t)
+            elif ev.get("type") == "say" and ended is not None:
+                total += float(t) - ended
+                ended = None
+        out.append(total)
+    return out
+
+
 def cache_note(res, runs, v):
     seen = set()
     for i in range(1, runs + 1):
         p = f"{res}/{v}-{i}/cache.txt"
         if os.path.exists(p):
             lines = [l.strip() for l in open(p) if l.strip()]
-            seen.add("; ".join(dict.fromkeys(lines)) or "no cache line")
+            seen.add("; ".join(dict.fromkeys(lines)) or "none")
     return " / ".join(sorted(seen))
 
 
@@ -52,8 +96,8 @@ def main():
     w = {v: walls(res, runs, v) for v, _ in VARIANTS}
     med = {v: mmm(w[v])[1] for v, _ in VARIANTS}
     print(f"RUNS={runs}; wall time in s, median (min–max); ratios of the medians, then per round.\n")
-    print("| build | wall s | / Packer full | / kiln full (--no-cache) | what the cache did |")
-    print("|---|---|---|---|---|")
+    print("| build | wall s | / Packer full | / kiln full (--no-cache) | start → halt s | of which after steps s | halt → end s | what the cache did |")
+    print("|---|---|---|---|---|---|---|---|")
     for v, label in VARIANTS:
         s, m = mmm(w[v])
         def ratio(base):
@@ -61,8 +105,11 @@ def main():
                 return "-"
             per = [f"{a / b:.2f}" for a, b in zip(w[v], w[base]) if a and b]
             return f"**{m / med[base]:.2f}×** ({', '.join(per)})"
-        print(f"| {label} | {s} | {ratio('packer')} | {ratio('kiln-nocache')} | {cache_note(res, runs, v)} |")
-    print()
+        vm, tail = split(res, runs, v)
+        rec = mmm(recording(res, runs, v))[0] if v != "packer" else "-"
+        print(f"| {label} | {s} | {ratio('packer')} | {ratio('kiln-nocache')} | {mmm(vm)[0]} | {rec} | {mmm(tail)[0]} | {cache_note(res, runs, v)} |")
+    print("\nstart → halt: boot or restore, the steps, recording their state (\"of which after steps\": from each step's end to kiln's next line, i.e. recording the state); halt → end: shutdown,"
+          " qcow2 convert, manifest, checksum, compress (the same work in every variant).\n")
     cost = [c / n - 1 for c, n in zip(w["kiln-cold"], w["kiln-nocache"]) if c and n]
     if cost:
         print(f"Cache's cost on a cold full build (kiln-cold / kiln-nocache − 1): median of rounds "
