@@ -14,9 +14,9 @@
 # its key (and only its key) differs from every earlier build's. Packer goes first in
 # odd rounds and last in even ones; --no-cache goes before the cached builds in odd
 # rounds and after them in even ones. Each round's KILN_CACHE_DIR is fresh and removed
-# afterwards (~1 GiB). Writes $BENCH_DIR/results/incr-<UTC stamp>/ and prints summary.md.
+# afterwards (~2.5 GB). Writes $BENCH_DIR/results/incr-<UTC stamp>/ and prints summary.md.
 #
-#   sudo bench/packer-qemu/incremental.sh     # RUNS=3, ~6 min a round on 2 cores (TCG)
+#   sudo bench/packer-qemu/incremental.sh     # RUNS=3, ~7 min a round on 2 cores (TCG, loaded)
 #
 # Env: RUNS (3), PACKER_ACCEL (tcg), KILN_ACCEL (auto), BENCH_DIR, KILN_BASE_DIR,
 #      KILN_BIN, SKIP_CARGO=1: as in run.sh.
@@ -131,6 +131,8 @@ kiln_cached() {
   du -sm "$c" | cut -f1 > "$RES/cache-mib-$i.txt"
 }
 
+CACHE=
+trap '[ -z "$CACHE" ] || rm -rf "$CACHE"' EXIT   # ~2.5 GB a round, also when a build fails
 : > "$RES/load.tsv"
 for i in $(seq "$RUNS"); do
   CACHE="$BENCH_DIR/cache-incr-$i"
