@@ -280,8 +280,7 @@ fn glance_direct_import_stages_and_imports_and_is_recorded() {
         .clone();
     assert_eq!(recorded["external_id"], images[0].id.as_str(), "{v}");
     assert_eq!(
-        recorded["region"],
-        m["builds"][0]["openstack"]["cloud"],
+        recorded["region"], m["builds"][0]["openstack"]["cloud"],
         "{v}"
     );
     let log = audit(&p);
