@@ -161,6 +161,19 @@ impl Cloud {
         self.scope.run(&self.target, &detail, op).await
     }
 
+    /// [`Cloud::run`] for a call that sends an image's data: the audit line's outcome
+    /// says how many bytes went and their sha512.
+    async fn send<F>(&self, detail: String, op: F) -> Result<UploadReport, CallError>
+    where
+        F: std::future::Future<Output = Result<UploadReport, Error>>,
+    {
+        self.scope
+            .run_with(&self.target, &detail, op, |r: &UploadReport| {
+                format!("ok ({} bytes, sha512 {})", r.bytes, r.sha512)
+            })
+            .await
+    }
+
     /// The import methods the cloud offers (`GET /v2/info/import`).
     pub async fn import_methods(&self) -> Result<Vec<String>, CallError> {
         self.run("list import methods".into(), self.glance.import_methods())
@@ -258,13 +271,8 @@ impl Cloud {
         bytes: u64,
         progress: Option<ProgressFn>,
     ) -> Result<UploadReport, CallError> {
-        self.scope
-            .run_with(
-                &self.target,
-                &format!("upload image {id} ({bytes} bytes)"),
-                self.glance.upload(id, file, progress),
-                |r: &UploadReport| format!("ok ({} bytes, sha512 {})", r.bytes, r.sha512),
-            )
+        let detail = format!("upload image {id} ({bytes} bytes)");
+        self.send(detail, self.glance.upload(id, file, progress))
             .await
     }
 
@@ -276,13 +284,8 @@ impl Cloud {
         bytes: u64,
         progress: Option<ProgressFn>,
     ) -> Result<UploadReport, CallError> {
-        self.scope
-            .run_with(
-                &self.target,
-                &format!("stage image {id} ({bytes} bytes)"),
-                self.glance.stage(id, file, progress),
-                |r: &UploadReport| format!("ok ({} bytes, sha512 {})", r.bytes, r.sha512),
-            )
+        let detail = format!("stage image {id} ({bytes} bytes)");
+        self.send(detail, self.glance.stage(id, file, progress))
             .await
     }
 
