@@ -418,7 +418,9 @@ fn ensure_absent(dest: &Path) -> Result<(), ImageError> {
     }
 }
 
-fn push_remove(cleanup: &CleanupStack, path: &Path, what: &str) -> CleanupId {
+/// Pushes the removal of the file at `path` (gone already is fine), listed as
+/// "`what` PATH".
+pub(crate) fn push_remove(cleanup: &CleanupStack, path: &Path, what: &str) -> CleanupId {
     let p = path.to_path_buf();
     cleanup.push(format!("{what} {}", path.display()), move || async move {
         match tokio::fs::remove_file(&p).await {

@@ -100,6 +100,10 @@ pub enum Restored {
     Disk { step: usize, why: String },
 }
 
+/// The name qemu opened the disk's current top by, when it is not the work disk's own
+/// (after a capture), with the cleanup entry that removes that name.
+type Top = Option<(PathBuf, crate::cleanup::CleanupId)>;
+
 struct Capture {
     /// The layers under the VM's current disk, bottom up.
     chain: Vec<LayerId>,
@@ -111,9 +115,7 @@ struct Capture {
     no_memory: Option<String>,
     /// Step index → key of what was restored (checked against the runner's keys).
     restored_keys: Vec<(usize, String)>,
-    /// The name qemu opened the disk's current top by, when it is not the work disk's
-    /// own (after a capture), with the cleanup entry that removes that name.
-    top: Option<(PathBuf, crate::cleanup::CleanupId)>,
+    top: Top,
 }
 
 /// The step cache of one QEMU build.
@@ -632,7 +634,7 @@ impl VmStepCache {
         &self,
         vm: &Vm,
         work: &Path,
-        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
+        top: &mut Top,
         layer: &LayerId,
         virtual_size: u64,
     ) -> Result<(), MachineError> {
@@ -650,7 +652,7 @@ impl VmStepCache {
         &self,
         vm: &Vm,
         work: &Path,
-        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
+        top: &mut Top,
         layer: &LayerId,
         virtual_size: u64,
     ) -> Result<(), MachineError> {
@@ -691,16 +693,10 @@ impl VmStepCache {
         }
         // The new top's name is removed with the build (unless a later capture moves it
         // into the store first).
-        let removal = self.cleanup.get().map(|c| {
-            let path = next.clone();
-            c.push(format!("disk {}", next.display()), move || async move {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            })
-        });
+        let removal = self
+            .cleanup
+            .get()
+            .map(|c| crate::host::image::push_remove(c, &next, "disk"));
         // From here qemu writes the new top and only reads the old one, through open
         // files: moving the old one by name is safe. If the move fails, the new top is
         // pointed back at where the old one still is.
@@ -748,7 +744,7 @@ impl VmStepCache {
         &self,
         vm: &Vm,
         work: &Path,
-        top: &mut Option<(PathBuf, crate::cleanup::CleanupId)>,
+        top: &mut Top,
         virtual_size: u64,
     ) -> Result<MemoryState, SaveError> {
         let layer = LayerId::new();
@@ -846,14 +842,7 @@ fn copy_layer(
             work.display()
         ));
     }
-    let path = work.to_path_buf();
-    let id = cleanup.push(format!("disk {}", work.display()), move || async move {
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    });
+    let id = crate::host::image::push_remove(cleanup, work, "disk");
     if let Err(e) = std::fs::copy(layer, work) {
         let _ = std::fs::remove_file(work);
         return Err(format!(
