@@ -312,6 +312,21 @@ impl Sshd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
+
+    /// How many times `needle` is in the log once it has been there at least `at_least`
+    /// times, or after a minute. sshd's monitor writes a line such as "Failed password"
+    /// on its own schedule, not before the client sees the refusal, so counting at once
+    /// races it (CI saw 1 of 2). The minute is a ceiling, not a timing assertion.
+    pub fn log_count(&self, needle: &str, at_least: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let n = self.log().matches(needle).count();
+            if n >= at_least || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Sshd {
