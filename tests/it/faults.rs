@@ -598,6 +598,14 @@ for i in 0..BUILDS {
     assert_eq!(all.matches("Build finished").count(), BUILDS, "{all}");
     let series: Vec<(u64, usize)> = order.iter().map(|i| samples[i]).collect();
     eprintln!("kiln RSS KiB / fds per build: {series:?}");
+    // With `--parallel-builds 1` builds run in plan order (build i reads what build 0
+    // wrote). Before the permit was taken ahead of the spawn, tokio's scheduling once
+    // started build 15 first.
+    assert_eq!(
+        order,
+        (0..BUILDS).collect::<Vec<_>>(),
+        "builds ran out of plan order"
+    );
     // Warm-up: the first builds fill caches (the WASM engine, the Rhai engine, TLS of
     // the blocking threads); from then on nothing may grow per build.
     let settled = &series[5..];

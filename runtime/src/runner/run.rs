@@ -208,13 +208,18 @@ pub async fn run_builds(
             cache: opts.cache,
             stop_at: interactive.then(|| first_breakpoint(b, &s.name)).flatten(),
         });
-        let sem = sem.clone();
+        // The permit is taken here, before the spawn, so builds start in plan order:
+        // spawned tasks are polled in any order on a multi-threaded runtime, and with
+        // `--parallel-builds 1` a later build that reached the semaphore first ran first
+        // (seen as build 15 of 30 starting before build 0). The semaphore is never
+        // closed, so `ok()` only drops an error that cannot happen.
+        let permit = sem.clone().acquire_owned().await.ok();
         let on_error = opts.on_error;
         let program = program.clone();
         let recorder = recorder.clone();
         let post_only = opts.post_only;
         tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
+            let _permit = permit;
             run_one(rt, program, on_error, recorder, post_only).await
         }));
     }
