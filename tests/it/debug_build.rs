@@ -24,6 +24,11 @@ impl Pane {
     /// Starts `kiln <args>` in `dir` in a fresh 200x50 pane; its exit code is written to
     /// a file when it ends, and the pane stays so its output can still be read.
     fn start(dir: &Path, args: &[&str]) -> Pane {
+        Pane::start_with_env(dir, args, &[])
+    }
+
+    /// [`Pane::start`] with `env` set for kiln.
+    fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Pane {
         static N: AtomicU32 = AtomicU32::new(0);
         let socket = format!(
             "kiln-it-{}-{}",
@@ -35,8 +40,12 @@ impl Pane {
         let _ = std::fs::remove_file(&exit_file);
         let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
         let cmd = format!(
-            "cd {} && env -u KILN_LOG NO_COLOR=1 {} {}; echo $? > {}; sleep 3600",
+            "cd {} && env -u KILN_LOG NO_COLOR=1 {} {} {}; echo $? > {}; sleep 3600",
             q(&dir.display().to_string()),
+            env.iter()
+                .map(|(k, v)| q(&format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" "),
             q(env!("CARGO_BIN_EXE_kiln")),
             args.iter().map(|a| q(a)).collect::<Vec<_>>().join(" "),
             q(&exit_file.display().to_string()),
@@ -71,6 +80,11 @@ impl Pane {
     /// Everything the pane shows, scrollback included.
     fn screen(&self) -> String {
         self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "0"])
+    }
+
+    /// Sends one key by its tmux name (`C-c`).
+    fn key(&self, name: &str) {
+        self.tmux(&["send-keys", "-t", "0", name]);
     }
 
     /// Types `keys` and Enter.
@@ -192,6 +206,62 @@ fn on_error_ask_shell_then_retry_after_fixing_the_script() {
         Some("three\n"),
         "{s}"
     );
+}
+
+/// `[s]hell` in an OCI build opens a shell inside the failed step's container (what the
+/// step wrote is there), Ctrl-C in it interrupts the shell's command and not kiln, and
+/// a retry after fixing the script builds the image and leaves nothing behind.
+#[test]
+fn on_error_ask_shell_in_the_failed_steps_container_then_retry() {
+    let fx = crate::oci_build::Fixture::new();
+    let p = Project::new();
+    let script = |second: &str| {
+        format!(
+            r#"
+source("app", oci(#{{ image: "{base}", output: ["oci-layout:output/img:v1"] }}));
+build("img", #{{ sources: ["app"], steps: [
+    shell(["echo def | tr d-f q-s > /one"]),
+    shell(["echo abc | tr a-c x-z > /partial", "{second}"]),
+]}});
+"#,
+            base = fx.base()
+        )
+    };
+    p.write("build.rhai", &script("exit 4"));
+    let cache = fx.cache().display().to_string();
+    let pane = Pane::start_with_env(
+        p.path(),
+        &["build", ".", "--on-error=ask"],
+        &[("KILN_CACHE_DIR", &cache)],
+    );
+    let s = pane.wait_for("choose [r/s/c/a/k]", 1);
+    assert!(s.contains("step 2/2"), "{s}");
+    // The menu names the command that enters the container from another terminal.
+    assert!(s.contains("nsenter -t "), "{s}");
+
+    pane.type_line("s");
+    pane.wait_for("Opening a shell on container", 1);
+    // Neither "xyz" nor "qrs" is in what is typed: they can only be the files' text.
+    pane.type_line("cat /partial /one");
+    pane.wait_for("xyz", 1);
+    pane.wait_for("qrs", 1);
+    pane.type_line("sleep 600");
+    std::thread::sleep(Duration::from_millis(500));
+    pane.key("C-c");
+    pane.type_line("echo after-$((2+3))");
+    pane.wait_for("after-5", 1);
+    assert!(pane.exit_code().is_none(), "Ctrl-C ended kiln: {}", pane.screen());
+    pane.type_line("exit");
+    pane.wait_for("Shell closed", 1);
+    pane.wait_for("choose [r/s/c/a/k]", 2);
+
+    p.write("build.rhai", &script("true"));
+    pane.type_line("r");
+    let (code, s) = pane.wait_exit();
+    assert_eq!(code, 0, "{s}");
+    assert!(s.contains("Re-read the build script"), "{s}");
+    assert!(p.path().join("output/img").exists(), "{s}");
+    fx.assert_no_leftovers(&s);
 }
 
 #[test]

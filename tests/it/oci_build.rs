@@ -18,12 +18,12 @@ use crate::cli::{Project, find_audit, kiln_cmd, text};
 
 /// A busybox root filesystem as a one-layer OCI layout (tag `base`), and a private
 /// kiln cache dir, under /var/tmp/kiln-peers (a filesystem overlayfs accepts).
-struct Fixture {
+pub(crate) struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the oci builder's containers need root (namespaces, overlayfs)"
@@ -62,11 +62,11 @@ impl Fixture {
         Fixture { dir }
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("oci-layout:{}:base", self.dir.path().join("base").display())
     }
 
-    fn cache(&self) -> PathBuf {
+    pub(crate) fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 
@@ -82,7 +82,7 @@ impl Fixture {
     }
 
     /// Nothing of the store's work left: no build directory, no mount of it.
-    fn assert_no_leftovers(&self, all: &str) {
+    pub(crate) fn assert_no_leftovers(&self, all: &str) {
         let tmp = self.cache().join("oci/tmp");
         let left: Vec<_> = std::fs::read_dir(&tmp)
             .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -197,7 +197,7 @@ pub fn shell(rt: &Arc<BuildRt>, cap: &MachineCap) -> Result<(), String> {
     rt.ui.say(
         &rt.label,
         &format!(
-            "Opening a shell on {} over the build's SSH session; exit it to come back to the menu",
+            "Opening a shell on {}; exit it to come back to the menu",
             cap.target()
         ),
     );

@@ -226,6 +226,11 @@ impl Steps {
                 match self.pause(rt, p, &cap, Moment::Before { step: &name }, &mut debug) {
                     Next::Go => {}
                     Next::Reloaded(p, s) => {
+                        // The step began on the machine (a container was started for
+                        // it); it is begun again with its new declaration.
+                        if let Err(e) = rt.block_on(cap.end_step(&info, false))? {
+                            tracing::warn!(step = %name, "ending a step before its reload: {e}");
+                        }
                         (program, steps) = (p, s);
                         key = prev_key;
                         continue;
@@ -241,7 +246,14 @@ impl Steps {
                 rt.block_on(tokio::time::sleep(p))?;
             }
             let outcome = run_attempts(rt, &program, engine, &cap, &step, n, &name);
-            if let Err(e) = rt.block_on(cap.end_step(&info, outcome.is_ok()))? {
+            // A failed step that pauses keeps its machine state until the menu is left
+            // (`[s]hell` in a container is in the failed step's container).
+            let pause_on = pauser.filter(|_| {
+                outcome.is_err() && self.interaction.on_error_ask && !rt.cancel.is_cancelled()
+            });
+            if pause_on.is_none()
+                && let Err(e) = rt.block_on(cap.end_step(&info, outcome.is_ok()))?
+            {
                 if outcome.is_ok() {
                     return Err(format!(
                         "{name}: finishing the step on the machine failed: {e}"
@@ -259,13 +271,10 @@ impl Steps {
                 }
                 Err(e) => e,
             };
-            if !self.interaction.on_error_ask || rt.cancel.is_cancelled() {
-                return Err(error);
-            }
-            let Some(p) = pauser else {
+            let Some(p) = pause_on else {
                 return Err(error);
             };
-            match self.pause(
+            let next = self.pause(
                 rt,
                 p,
                 &cap,
@@ -274,7 +283,11 @@ impl Steps {
                     error: &error,
                 },
                 &mut debug,
-            ) {
+            );
+            if let Err(e) = rt.block_on(cap.end_step(&info, false))? {
+                tracing::warn!(step = %name, "end of a failed step: {e}");
+            }
+            match next {
                 Next::Go => {
                     // [c]ontinue: as if the step had succeeded, but nothing from here on
                     // is what the script declares.

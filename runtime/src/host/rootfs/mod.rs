@@ -21,6 +21,8 @@
 //! Every container is on the build's cleanup stack from the moment it starts, so a
 //! Ctrl-C or a failure stops it even when the runner never reaches `end_step`.
 
+mod shell;
+
 use std::fs::File;
 use std::io::BufWriter;
 #[cfg(test)]
@@ -35,7 +37,7 @@ use kiln_rootfs::{Container, ContainerConfig, ExecRequest, InitProgram, Network}
 use crate::cleanup::{CleanupId, CleanupStack};
 use crate::host::machine::{
     ExecOutput, Facts, Machine, MachineError, OnOutput, Progress, StepInfo, StepStart, Stream,
-    UploadPath, Uploaded,
+    Terminal, UploadPath, Uploaded,
 };
 use crate::host::oci::store::{BuildDir, LayerMeta, StepMeta, Store, remove_tree};
 use crate::host::oci::{StepRecord, diff};
@@ -464,6 +466,31 @@ impl Machine for RootfsMachine {
 
     fn wants_step_keys(&self) -> bool {
         true
+    }
+
+    /// A shell in the step's container: at `--on-error=ask` the failed step's
+    /// container is kept until the menu is left, so this is the state the step left.
+    async fn interactive_shell(&self, term: &Terminal) -> Result<Option<u32>, MachineError> {
+        let pid = self
+            .state()
+            .current
+            .as_ref()
+            .map(|c| c.container.host_pid())
+            .ok_or_else(|| {
+                MachineError::Failed(
+                    "no container is running here: a shell opens in a step's container \
+                     (at a failed step or before one with --debug), not at a breakpoint() \
+                     between steps"
+                        .into(),
+                )
+            })?;
+        let s = &self.inner.settings;
+        shell::enter(pid, &s.env, s.cwd.as_deref(), term).await
+    }
+
+    fn login_command(&self) -> Option<String> {
+        let pid = self.state().current.as_ref()?.container.host_pid();
+        Some(shell::command_line(pid))
     }
 
     async fn begin_step(&self, step: &StepInfo) -> Result<StepStart, MachineError> {
