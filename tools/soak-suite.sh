@@ -27,6 +27,7 @@ fi
 tools/setup.sh
 tools/build-guests.sh
 tools/base-image.sh
+tools/oci-base-image.sh
 
 # Build first, unloaded: compile time is not what this measures.
 echo "soak: building the test binaries"

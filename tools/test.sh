@@ -7,4 +7,5 @@ cd "$root"
 tools/setup.sh
 tools/build-guests.sh
 tools/base-image.sh
+tools/oci-base-image.sh
 cargo test --release --workspace

@@ -29,3 +29,4 @@ mod ssh_credentials;
 mod step_cache_build;
 mod wasm;
 mod wasm_build;
+mod web_example;
