@@ -545,6 +545,7 @@ impl VmStepCache {
         // 2. The memory layer.
         let mut memory = None;
         if with_memory {
+            scrub_free_memory(inner).await;
             match self.save_memory(&vm, &work, &mut c.top, virtual_size).await {
                 Ok(m) => {
                     c.chain.push(m.layer.clone());
@@ -826,6 +827,33 @@ async fn guest(m: &dyn Machine, cmd: &str) -> Result<ExecOutput, MachineError> {
             cmd.split(';').next().unwrap_or(cmd),
             GUEST_COMMAND_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+/// The guest's free memory is zeroed before its memory is saved, because `savevm`
+/// writes every page that is not all zeros, and a page the guest has freed still holds
+/// what it held. Without this a step's memory state is the whole RAM the guest ever
+/// touched: 498 MiB of a 512 MiB VM after a 200 MiB upload filled its page cache,
+/// against 207 MiB before it. One `dd` allocates nearly all the memory the guest can
+/// spare (the kernel hands it zeroed pages, taking back clean page cache to do so),
+/// fills it from `/dev/zero` and exits, which leaves those pages free and zero. It
+/// leaves a margin (a tenth of the available memory, at least 64 MiB) so nothing else
+/// in the guest runs short, needs no root, and is best effort: a guest without
+/// `/proc/meminfo` or `dd` just has a larger state.
+async fn scrub_free_memory(m: &dyn Machine) {
+    const SCRIPT: &str = "a=$(awk '/^MemAvailable:/ {print int($2/1024)}' /proc/meminfo 2>/dev/null); \
+        a=${a:-0}; k=$((a / 10)); [ \"$k\" -ge 64 ] || k=64; n=$((a - k)); \
+        [ \"$n\" -ge 16 ] || exit 0; \
+        dd if=/dev/zero of=/dev/null bs=${n}M count=1 2>/dev/null; echo \"scrubbed ${n} MiB\"";
+    let started = Instant::now();
+    match guest(m, SCRIPT).await {
+        Ok(o) => tracing::debug!(
+            exit = o.exit_code,
+            out = %String::from_utf8_lossy(&o.stdout).trim(),
+            elapsed = ?started.elapsed(),
+            "zeroed the guest's free memory before savevm"
+        ),
+        Err(e) => tracing::debug!("could not zero the guest's free memory: {e}"),
     }
 }
 
