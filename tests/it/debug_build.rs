@@ -250,7 +250,11 @@ build("img", #{{ sources: ["app"], steps: [
     pane.key("C-c");
     pane.type_line("echo after-$((2+3))");
     pane.wait_for("after-5", 1);
-    assert!(pane.exit_code().is_none(), "Ctrl-C ended kiln: {}", pane.screen());
+    assert!(
+        pane.exit_code().is_none(),
+        "Ctrl-C ended kiln: {}",
+        pane.screen()
+    );
     pane.type_line("exit");
     pane.wait_for("Shell closed", 1);
     pane.wait_for("choose [r/s/c/a/k]", 2);

@@ -139,7 +139,11 @@ fn one_script_builds_the_vm_image_and_the_oci_image_in_parallel() {
         .zip(&img.config.rootfs.diff_ids)
         .skip(1)
         .collect();
-    assert_eq!(layers.len(), 5, "one layer per step of the oci build\n{all}");
+    assert_eq!(
+        layers.len(),
+        5,
+        "one layer per step of the oci build\n{all}"
+    );
     for (d, diff_id) in layers {
         let mut o = UnpackOptions::new(WhiteoutMode::Apply);
         o.expected_diff_id = Some(diff_id.clone());
@@ -156,7 +160,11 @@ fn one_script_builds_the_vm_image_and_the_oci_image_in_parallel() {
     assert_eq!(read("etc/app.conf"), example("files/app.conf"));
     assert_eq!(read("srv/www/index.html"), example("files/www/index.html"));
     assert_eq!(read("usr/local/bin/kiln-web"), example("files/kiln-web"));
-    assert!(read("etc/passwd").contains("\ndeploy:"), "{}", read("etc/passwd"));
+    assert!(
+        read("etc/passwd").contains("\ndeploy:"),
+        "{}",
+        read("etc/passwd")
+    );
     assert!(
         read("etc/kiln-build-info").contains("os=debian 12"),
         "{}",
@@ -175,7 +183,9 @@ fn one_script_builds_the_vm_image_and_the_oci_image_in_parallel() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(
-        names.iter().any(|n| n.trim_start_matches("./") == "etc/.wh.issue.net"),
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "etc/.wh.issue.net"),
         "no whiteout for /etc/issue.net in {names:?}"
     );
 }
