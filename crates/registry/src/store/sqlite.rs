@@ -30,6 +30,32 @@ pub(crate) struct SqlitePool {
     permits: Arc<Semaphore>,
 }
 
+/// `PRAGMA journal_mode=WAL`, retried while another process holds the lock it needs.
+/// Switching a new file to WAL takes an exclusive lock, and SQLite answers `SQLITE_BUSY`
+/// at once, without the busy handler, where waiting could deadlock: several processes
+/// opening one new registry at the same moment (CI saw "database is locked" with 8).
+/// Once one of them has switched the file, WAL persists in it and the pragma is a no-op.
+fn enable_wal(conn: &Connection) -> Result<String, RegistryError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        // journal_mode answers a row: the mode now in force.
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(err("enabling WAL")(e)),
+        }
+    }
+}
+
 fn err(operation: &'static str) -> impl Fn(rusqlite::Error) -> RegistryError {
     move |e| {
         let transient = matches!(
@@ -87,10 +113,7 @@ impl SqlitePool {
         })?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("setting the busy timeout"))?;
-        // journal_mode answers a row; WAL persists in the file once set.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(err("enabling WAL"))?;
+        let mode = enable_wal(&conn)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(RegistryError::Storage {
                 backend: "sqlite",
