@@ -124,7 +124,19 @@ fn sleepers(arg: &str) -> Vec<u32> {
         .collect()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+/// A client of a plain-HTTP registry peer (listed as insecure).
+pub(crate) fn plain_client(reg: &RegistryPeer) -> RegistryClient {
+    RegistryClient::new(
+        &reg.host,
+        RegistryOptions {
+            insecure: vec![reg.host.clone()],
+            ..RegistryOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -254,14 +266,7 @@ source("app", oci(#{{
     // Pulled back by digest into a fresh layout: the same image, every blob verified.
     let pulled_dir = tempfile::tempdir_in("/var/tmp/kiln-peers").unwrap();
     let pulled = OciLayout::create(pulled_dir.path()).unwrap();
-    let client = RegistryClient::new(
-        &reg.host,
-        RegistryOptions {
-            insecure: vec![reg.host.clone()],
-            ..RegistryOptions::default()
-        },
-    )
-    .unwrap();
+    let client = plain_client(&reg);
     let report = rt()
         .block_on(client.pull(
             "kiln/app",
@@ -482,17 +487,7 @@ build("img", #{{ sources: ["app"], steps: [
         "the step's process outlived it\n{all}"
     );
     assert!(!p.path().join("output").join("img").exists(), "{all}");
-    let r = rt().block_on(
-        RegistryClient::new(
-            &reg.host,
-            RegistryOptions {
-                insecure: vec![reg.host.clone()],
-                ..RegistryOptions::default()
-            },
-        )
-        .unwrap()
-        .get_manifest("kiln/fail", "v1"),
-    );
+    let r = rt().block_on(plain_client(&reg).get_manifest("kiln/fail", "v1"));
     assert!(
         matches!(r, Err(kiln_oci::RegistryError::NotFound { .. })),
         "{r:?}"

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_oci::testkit::RegistryPeer;
-use kiln_oci::{OciLayout, Platform, RegistryClient, RegistryOptions, UnpackOptions, WhiteoutMode};
+use kiln_oci::{OciLayout, Platform, UnpackOptions, WhiteoutMode};
 
 use crate::cli::{Project, kiln_cmd, text};
 use crate::qemu::{VM_LOCK, base_image};
@@ -107,19 +107,8 @@ fn one_script_builds_the_vm_image_and_the_oci_image_in_parallel() {
     let layout = OciLayout::open(&p.path().join("output/oci")).unwrap();
     let img = layout.read_image("web", &Platform::linux_amd64()).unwrap();
     assert_eq!(img.manifest_descriptor.digest.to_string(), digest);
-    let client = RegistryClient::new(
-        &reg.host,
-        RegistryOptions {
-            insecure: vec![reg.host.clone()],
-            ..RegistryOptions::default()
-        },
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(client.get_manifest("kiln/web", digest))
+    crate::oci_build::rt()
+        .block_on(crate::oci_build::plain_client(&reg).get_manifest("kiln/web", digest))
         .unwrap_or_else(|e| panic!("the registry does not have {pushed}: {e}"));
     let cfg = img.config.config.as_ref().expect("an image config");
     assert_eq!(cfg.user.as_deref(), Some("deploy"));
